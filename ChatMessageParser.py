@@ -1,0 +1,374 @@
+"""Codec for the Clemson Relay Chat (CRC) binary protocol.
+
+The codec knows nothing about sockets: bytes go in, message objects come out, and the builders turn
+fields back into bytes. All integers are in network byte order; text is UTF-8 and every length field
+counts encoded bytes.
+
+    type 0x00 server registration  source int, last hop int, name len byte, info len half, name, info
+    type 0x01 status               source int, destination int, code half, content len int, content
+    type 0x02 server quit          source int, replacement id int, content len int, content
+    type 0x80 client registration  source int, last hop int, name len byte, info len half, name, info
+    type 0x81 client chat          source int, destination int, content len int, content
+    type 0x82 client quit          source int, content len int, content
+
+`MessageParser.parse_messages` takes a buffer of whole messages; `StreamDecoder` takes the chunks of
+one connection as they arrive, in any size, and returns the messages that are complete.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Callable, Dict, List, Optional, Union
+
+SERVER_REGISTRATION = 0x00
+STATUS_UPDATE = 0x01
+SERVER_QUIT = 0x02
+CLIENT_REGISTRATION = 0x80
+CLIENT_CHAT = 0x81
+CLIENT_QUIT = 0x82
+
+STATUS_WELCOME = 0x00
+STATUS_UNKNOWN_ID = 0x01
+STATUS_DUPLICATE_ID = 0x02
+STATUS_PROTOCOL_ERROR = 0x03
+
+DEFAULT_MAX_FRAME_SIZE = 64 * 1024
+
+MAX_BYTE = 0xFF
+MAX_HALF = 0xFFFF
+MAX_INT = 0xFFFFFFFF
+
+_REGISTRATION_HEADER = struct.Struct("!BIIBH")
+_STATUS_HEADER = struct.Struct("!BIIHI")
+_ID_ID_LENGTH_HEADER = struct.Struct("!BIII")  # client chat and server quit share this layout
+_CLIENT_QUIT_HEADER = struct.Struct("!BII")
+
+HEADER_SIZES = {
+    SERVER_REGISTRATION: _REGISTRATION_HEADER.size,
+    STATUS_UPDATE: _STATUS_HEADER.size,
+    SERVER_QUIT: _ID_ID_LENGTH_HEADER.size,
+    CLIENT_REGISTRATION: _REGISTRATION_HEADER.size,
+    CLIENT_CHAT: _ID_ID_LENGTH_HEADER.size,
+    CLIENT_QUIT: _CLIENT_QUIT_HEADER.size,
+}
+
+
+class ProtocolError(ValueError):
+    """Bytes that break the CRC protocol: an unknown type, invalid UTF-8, a bad or oversized length.
+
+    `messages` holds the whole messages that came before the bad bytes in the same chunk, so that a
+    caller can still act on them.
+    """
+
+    def __init__(self, problem: str, messages: Optional[list] = None) -> None:
+        super().__init__(problem)
+        self.messages: list = messages or []
+
+
+def _encode(text: Optional[str], field: str, limit: int) -> bytes:
+    """Encode text as UTF-8, refusing (never truncating) text whose length does not fit its field."""
+    encoded = (text or "").encode("utf-8")
+    if len(encoded) > limit:
+        raise ValueError(f"{field} is {len(encoded)} bytes of UTF-8; its length field holds at most {limit}")
+    return encoded
+
+
+def _check_unsigned(value: int, field: str, limit: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= limit:
+        raise ValueError(f"{field} must be an integer from 0 to {limit}, not {value!r}")
+    return value
+
+
+def _decode(data: bytes, field: str) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ProtocolError(f"{field} is not valid UTF-8 ({error.reason} at byte {error.start})") from None
+
+
+def frame_length(buffer: Union[bytes, bytearray, memoryview], start: int = 0) -> Optional[int]:
+    """Total size of the frame that begins at `start`, or None while its header is still incomplete.
+
+    Raises ProtocolError for an unknown type byte, which is known from the very first byte.
+    """
+    available = len(buffer) - start
+    if available < 1:
+        return None
+    message_type = buffer[start]
+    header_size = HEADER_SIZES.get(message_type)
+    if header_size is None:
+        raise ProtocolError(f"unknown message type 0x{message_type:02x}")
+    if available < header_size:
+        return None
+    if message_type in (SERVER_REGISTRATION, CLIENT_REGISTRATION):
+        name_length = buffer[start + 9]
+        info_length = (buffer[start + 10] << 8) | buffer[start + 11]
+        return header_size + name_length + info_length
+    content_length = int.from_bytes(buffer[start + header_size - 4:start + header_size], "big")
+    return header_size + content_length
+
+
+class _Message:
+    message_type: int
+    source_id: int
+    bytes: bytes  # the exact frame this object was parsed from
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{name}={value!r}" for name, value in vars(self).items() if name != "bytes")
+        return f"{type(self).__name__}({fields})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and vars(other) == vars(self)
+
+
+class _RegistrationMessage(_Message):
+    """Shared layout of server and client registrations."""
+
+    TYPE: int
+    KIND: str  # "server" or "client": the prefix of the name and info attributes
+
+    @classmethod
+    def _build(cls, source_id: int, last_hop_id: int, name: str, info: str) -> bytes:
+        name_bytes = _encode(name, f"{cls.KIND} name", MAX_BYTE)
+        info_bytes = _encode(info, f"{cls.KIND} info", MAX_HALF)
+        header = _REGISTRATION_HEADER.pack(
+            cls.TYPE,
+            _check_unsigned(source_id, "source id", MAX_INT),
+            _check_unsigned(last_hop_id, "last hop id", MAX_INT),
+            len(name_bytes),
+            len(info_bytes),
+        )
+        return header + name_bytes + info_bytes
+
+    @classmethod
+    def _parse(cls, frame: bytes) -> "_RegistrationMessage":
+        message_type, source_id, last_hop_id, name_length, _ = _REGISTRATION_HEADER.unpack_from(frame)
+        header_size = _REGISTRATION_HEADER.size
+        message = cls.__new__(cls)
+        message.message_type = message_type
+        message.source_id = source_id
+        message.last_hop_id = last_hop_id
+        name = _decode(frame[header_size:header_size + name_length], f"{cls.KIND} name")
+        info = _decode(frame[header_size + name_length:], f"{cls.KIND} info")
+        setattr(message, f"{cls.KIND}_name", name)
+        setattr(message, f"{cls.KIND}_info", info)
+        message.bytes = frame
+        return message
+
+
+class ServerRegistrationMessage(_RegistrationMessage):
+    TYPE = SERVER_REGISTRATION
+    KIND = "server"
+    last_hop_id: int
+    server_name: str
+    server_info: str
+
+    @staticmethod
+    def bytes(source_id: int, last_hop_id: int, server_name: str, server_info: str) -> bytes:  # type: ignore[override]
+        return ServerRegistrationMessage._build(source_id, last_hop_id, server_name, server_info)
+
+
+class ClientRegistrationMessage(_RegistrationMessage):
+    TYPE = CLIENT_REGISTRATION
+    KIND = "client"
+    last_hop_id: int
+    client_name: str
+    client_info: str
+
+    @staticmethod
+    def bytes(source_id: int, last_hop_id: int, client_name: str, client_info: str) -> bytes:  # type: ignore[override]
+        return ClientRegistrationMessage._build(source_id, last_hop_id, client_name, client_info)
+
+
+class StatusUpdateMessage(_Message):
+    TYPE = STATUS_UPDATE
+    destination_id: int
+    status_code: int
+    content: str
+
+    @staticmethod
+    def bytes(source_id: int, destination_id: int, message_code: int, content: str) -> bytes:  # type: ignore[override]
+        content_bytes = _encode(content, "status content", MAX_INT)
+        header = _STATUS_HEADER.pack(
+            STATUS_UPDATE,
+            _check_unsigned(source_id, "source id", MAX_INT),
+            _check_unsigned(destination_id, "destination id", MAX_INT),
+            _check_unsigned(message_code, "status code", MAX_HALF),
+            len(content_bytes),
+        )
+        return header + content_bytes
+
+    @classmethod
+    def _parse(cls, frame: bytes) -> "StatusUpdateMessage":
+        message = cls.__new__(cls)
+        message.message_type, message.source_id, message.destination_id, message.status_code, _ = (
+            _STATUS_HEADER.unpack_from(frame)
+        )
+        message.content = _decode(frame[_STATUS_HEADER.size:], "status content")
+        message.bytes = frame
+        return message
+
+
+class ClientChatMessage(_Message):
+    TYPE = CLIENT_CHAT
+    destination_id: int
+    content: str
+
+    @staticmethod
+    def bytes(source_id: int, destination_id: int, content: str) -> bytes:  # type: ignore[override]
+        content_bytes = _encode(content, "chat content", MAX_INT)
+        header = _ID_ID_LENGTH_HEADER.pack(
+            CLIENT_CHAT,
+            _check_unsigned(source_id, "source id", MAX_INT),
+            _check_unsigned(destination_id, "destination id", MAX_INT),
+            len(content_bytes),
+        )
+        return header + content_bytes
+
+    @classmethod
+    def _parse(cls, frame: bytes) -> "ClientChatMessage":
+        message = cls.__new__(cls)
+        message.message_type, message.source_id, message.destination_id, _ = _ID_ID_LENGTH_HEADER.unpack_from(frame)
+        message.content = _decode(frame[_ID_ID_LENGTH_HEADER.size:], "chat content")
+        message.bytes = frame
+        return message
+
+
+class ServerQuitMessage(_Message):
+    TYPE = SERVER_QUIT
+    replacement_id: int
+    content: str
+
+    @staticmethod
+    def bytes(source_id: int, replacement_server_id: int, content: str) -> bytes:  # type: ignore[override]
+        content_bytes = _encode(content, "server quit content", MAX_INT)
+        header = _ID_ID_LENGTH_HEADER.pack(
+            SERVER_QUIT,
+            _check_unsigned(source_id, "source id", MAX_INT),
+            _check_unsigned(replacement_server_id, "replacement server id", MAX_INT),
+            len(content_bytes),
+        )
+        return header + content_bytes
+
+    @classmethod
+    def _parse(cls, frame: bytes) -> "ServerQuitMessage":
+        message = cls.__new__(cls)
+        message.message_type, message.source_id, message.replacement_id, _ = _ID_ID_LENGTH_HEADER.unpack_from(frame)
+        message.content = _decode(frame[_ID_ID_LENGTH_HEADER.size:], "server quit content")
+        message.bytes = frame
+        return message
+
+
+class ClientQuitMessage(_Message):
+    TYPE = CLIENT_QUIT
+    content: str
+
+    @staticmethod
+    def bytes(source_id: int, content: str) -> bytes:  # type: ignore[override]
+        content_bytes = _encode(content, "client quit content", MAX_INT)
+        header = _CLIENT_QUIT_HEADER.pack(
+            CLIENT_QUIT, _check_unsigned(source_id, "source id", MAX_INT), len(content_bytes)
+        )
+        return header + content_bytes
+
+    @classmethod
+    def _parse(cls, frame: bytes) -> "ClientQuitMessage":
+        message = cls.__new__(cls)
+        message.message_type, message.source_id, _ = _CLIENT_QUIT_HEADER.unpack_from(frame)
+        message.content = _decode(frame[_CLIENT_QUIT_HEADER.size:], "client quit content")
+        message.bytes = frame
+        return message
+
+
+Message = Union[
+    ServerRegistrationMessage,
+    StatusUpdateMessage,
+    ServerQuitMessage,
+    ClientRegistrationMessage,
+    ClientChatMessage,
+    ClientQuitMessage,
+]
+
+_PARSERS: Dict[int, Callable[[bytes], Message]] = {
+    SERVER_REGISTRATION: ServerRegistrationMessage._parse,
+    STATUS_UPDATE: StatusUpdateMessage._parse,
+    SERVER_QUIT: ServerQuitMessage._parse,
+    CLIENT_REGISTRATION: ClientRegistrationMessage._parse,
+    CLIENT_CHAT: ClientChatMessage._parse,
+    CLIENT_QUIT: ClientQuitMessage._parse,
+}
+
+
+def parse_frame(frame: bytes) -> Message:
+    """Parse exactly one whole frame; its header must declare exactly its length."""
+    length = frame_length(frame)
+    if length != len(frame):
+        declared = "an incomplete header" if length is None else f"a header that declares {length}"
+        raise ProtocolError(f"a frame of {len(frame)} bytes has {declared}")
+    return _PARSERS[frame[0]](bytes(frame))
+
+
+class MessageParser:
+    @staticmethod
+    def parse_messages(data: bytes) -> List[Message]:
+        """Parse a buffer that holds one or more whole messages and nothing else."""
+        messages: List[Message] = []
+        offset = 0
+        while offset < len(data):
+            length = frame_length(data, offset)
+            if length is None or offset + length > len(data):
+                raise ProtocolError(
+                    f"incomplete message at byte {offset}: the buffer ends at byte {len(data)}"
+                    + ("" if length is None else f" but the message needs {length} bytes")
+                )
+            messages.append(parse_frame(bytes(data[offset:offset + length])))
+            offset += length
+        return messages
+
+
+class StreamDecoder:
+    """Cuts the byte stream of one connection into messages.
+
+    Feed it chunks of any size, one byte at a time included; it returns every message that is now
+    complete and keeps the rest. A frame that declares more than `max_frame_size` bytes is refused as
+    soon as its header is in, without waiting for the body. After a ProtocolError the stream has lost
+    its framing: the decoder refuses any further input, and the caller should drop the connection.
+    """
+
+    def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+        self.max_frame_size = max_frame_size
+        self._buffer = bytearray()
+        self._error: Optional[ProtocolError] = None
+
+    @property
+    def pending(self) -> int:
+        """Bytes received that do not yet make a whole message."""
+        return len(self._buffer)
+
+    def feed(self, chunk: bytes) -> List[Message]:
+        if self._error is not None:
+            raise self._error
+        self._buffer += chunk
+        messages: List[Message] = []
+        offset = 0
+        try:
+            while True:
+                length = frame_length(self._buffer, offset)
+                if length is None:
+                    break
+                if length > self.max_frame_size:
+                    raise ProtocolError(
+                        f"message of type 0x{self._buffer[offset]:02x} declares {length} bytes;"
+                        f" the limit is {self.max_frame_size}"
+                    )
+                if offset + length > len(self._buffer):
+                    break
+                messages.append(parse_frame(bytes(self._buffer[offset:offset + length])))
+                offset += length
+        except ProtocolError as error:
+            error.messages = messages
+            self._error = ProtocolError(f"the stream broke earlier: {error}")
+            raise
+        finally:
+            del self._buffer[:offset]
+        return messages
