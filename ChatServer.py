@@ -1,0 +1,548 @@
+"""Reference server for Clemson Relay Chat (CRC).
+
+Servers join into a spanning tree; clients attach to any server. Every server keeps the whole
+network in `hosts_db` (each other machine, with the adjacent link that leads to it), floods changes
+along the tree and routes chats hop by hop. One `selectors` loop over non-blocking sockets, no threads.
+
+This file imports only the standard library and the contract's names from ChatMessageParser, so it
+can be dropped alone into the course's kit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import random
+import selectors
+import signal
+import socket
+import sys
+from typing import Callable, Dict, List, Optional, Tuple, Union
+
+from ChatMessageParser import (
+    ClientChatMessage,
+    ClientQuitMessage,
+    ClientRegistrationMessage,
+    MessageParser,
+    ServerQuitMessage,
+    ServerRegistrationMessage,
+    StatusUpdateMessage,
+)
+
+SERVER_REGISTRATION = 0x00
+STATUS_UPDATE = 0x01
+SERVER_QUIT = 0x02
+CLIENT_REGISTRATION = 0x80
+CLIENT_CHAT = 0x81
+CLIENT_QUIT = 0x82
+
+STATUS_WELCOME = 0x00
+STATUS_UNKNOWN_ID = 0x01
+STATUS_DUPLICATE_ID = 0x02
+
+DEFAULT_MAX_FRAME_SIZE = 64 * 1024
+RECEIVE_SIZE = 256 * 1024
+SELECT_TIMEOUT = 0.1  # request_terminate must be noticed within about 0.1 s
+
+# Where each frame type keeps its lengths. The course's parser has no stream decoder, so the server
+# cuts frames itself: header size, and the offset of the one content length (None: registration).
+_FRAME_LAYOUTS: Dict[int, Tuple[int, Optional[int]]] = {
+    SERVER_REGISTRATION: (12, None),
+    STATUS_UPDATE: (15, 11),
+    SERVER_QUIT: (13, 9),
+    CLIENT_REGISTRATION: (12, None),
+    CLIENT_CHAT: (13, 9),
+    CLIENT_QUIT: (9, 5),
+}
+_LAST_HOP = slice(5, 9)  # byte range of the last hop id in a registration frame
+
+
+class ProtocolViolation(Exception):
+    """A peer sent bytes or a message that breaks the protocol; the link cannot be trusted."""
+
+
+def frame_length(buffer: bytearray, start: int) -> Optional[int]:
+    """Total size of the frame at `start`, or None while its header is incomplete."""
+    message_type = buffer[start]
+    layout = _FRAME_LAYOUTS.get(message_type)
+    if layout is None:
+        raise ProtocolViolation(f"unknown message type 0x{message_type:02x}")
+    header_size, length_offset = layout
+    if len(buffer) - start < header_size:
+        return None
+    if length_offset is None:
+        name_length = buffer[start + 9]
+        info_length = int.from_bytes(buffer[start + 10:start + 12], "big")
+        return header_size + name_length + info_length
+    return header_size + int.from_bytes(buffer[start + length_offset:start + length_offset + 4], "big")
+
+
+class BaseConnectionData:
+    """One connection's buffers. A link stays of this class until its peer has registered."""
+
+    def __init__(self) -> None:
+        self.write_buffer = bytearray()  # unsent bytes; appended to, and cut from the front as sent
+        self.read_buffer = bytearray()  # received bytes that do not make a whole frame yet
+        self.sock: Optional[socket.socket] = None  # None for a machine that is not adjacent
+        self.outbound = False  # True for the link this server opened to join a network
+        self.closing = False  # set once the link is to close as soon as its output is flushed
+
+
+class ServerConnectionData(BaseConnectionData):
+    def __init__(self, id: int, server_name: str, server_info: str) -> None:
+        super().__init__()
+        self.id = id
+        self.server_name = server_name
+        self.server_info = server_info
+        self.first_link_id: Optional[int] = None  # the adjacent server this machine is reached through
+
+
+class ClientConnectionData(BaseConnectionData):
+    def __init__(self, id: int, client_name: str, client_info: str) -> None:
+        super().__init__()
+        self.id = id
+        self.client_name = client_name
+        self.client_info = client_info
+        self.first_link_id: Optional[int] = None
+
+
+HostData = Union[ServerConnectionData, ClientConnectionData]
+
+
+class CRCServer:
+    def __init__(self, options: object, run_on_localhost: bool = False) -> None:
+        self.id: int = getattr(options, "id", None) or random.randint(1, 0xFFFFFFFF)
+        self.server_name: str = getattr(options, "servername", None) or f"server-{self.id}"
+        self.server_info: str = getattr(options, "info", None) or ""
+        self.port: int = int(getattr(options, "port", 0) or 0)
+        self.connect_to_host: Optional[str] = getattr(options, "connect_to_host", None)
+        self.connect_to_port: Optional[int] = getattr(options, "connect_to_port", None)
+        self.run_on_localhost = run_on_localhost
+        self.bind_address: str = "127.0.0.1" if run_on_localhost else getattr(options, "bind", None) or ""
+        self.max_frame_size: int = getattr(options, "max_frame_size", None) or DEFAULT_MAX_FRAME_SIZE
+
+        self.sel = selectors.DefaultSelector()
+        self.server_socket: Optional[socket.socket] = None
+        self.listening = False
+        self.request_terminate = False
+        self.hosts_db: Dict[int, HostData] = {}
+        self.adjacent_server_ids: List[int] = []
+        self.adjacent_user_ids: List[int] = []
+        self.status_updates_log: List[str] = []
+
+        self.logger = self._make_logger(getattr(options, "log_file", None), getattr(options, "verbose", False))
+        self._handlers: Dict[int, Callable] = {
+            SERVER_REGISTRATION: self.handle_server_registration_message,
+            STATUS_UPDATE: self.handle_status_message,
+            SERVER_QUIT: self.handle_server_quit_message,
+            CLIENT_REGISTRATION: self.handle_client_registration_message,
+            CLIENT_CHAT: self.handle_client_chat_message,
+            CLIENT_QUIT: self.handle_client_quit_message,
+        }
+
+    def _make_logger(self, log_file: Optional[str], verbose: bool) -> logging.Logger:
+        # A logger outside logging's global tree: many servers share a process in tests, and each
+        # log file must hold only its own server's lines.
+        logger = logging.Logger(f"CRCServer {self.server_name} ({self.id})", logging.DEBUG if verbose else logging.INFO)
+        if log_file:
+            handler = logging.FileHandler(log_file, mode="w", encoding="utf-8")
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+            logger.addHandler(handler)
+        else:
+            logger.addHandler(logging.NullHandler())  # no log file asked for: stay quiet, not lastResort
+        return logger
+
+    # ----------------------------------------------------------------------------------- the loop
+
+    def run(self) -> None:
+        self.setup_server_socket()
+        if self.connect_to_port:
+            self.connect_to_server()
+        try:
+            while not self.request_terminate:
+                self.check_IO_devices_for_messages()
+        finally:
+            self.cleanup()
+
+    def setup_server_socket(self) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # rerun on the same port at once
+        sock.bind((self.bind_address, self.port))
+        sock.listen(128)
+        sock.setblocking(False)
+        self.sel.register(sock, selectors.EVENT_READ, None)
+        self.server_socket = sock
+        self.port = sock.getsockname()[1]
+        self.listening = True
+        self.logger.info("%s (id %d) listening on %s:%d", self.server_name, self.id, self.bind_address or "*", self.port)
+
+    def connect_to_server(self) -> None:
+        host = "127.0.0.1" if self.run_on_localhost else (self.connect_to_host or "localhost")
+        try:
+            sock = socket.create_connection((host, int(self.connect_to_port)), timeout=5)
+        except OSError as error:
+            self.logger.error("could not connect to %s:%s (%s); running as the root of a new network",
+                              host, self.connect_to_port, error)
+            return
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        link = BaseConnectionData()
+        link.sock = sock
+        link.outbound = True
+        self.sel.register(sock, selectors.EVENT_READ, link)
+        self.send(link, ServerRegistrationMessage.bytes(self.id, 0, self.server_name, self.server_info))
+        self.logger.info("connected to %s:%s and sent our registration", host, self.connect_to_port)
+
+    def check_IO_devices_for_messages(self) -> None:
+        for io_device, event_mask in self.sel.select(timeout=SELECT_TIMEOUT):
+            self.handle_io_device_events(io_device, event_mask)
+
+    def cleanup(self) -> None:
+        """Close every socket and the selector, announcing nothing."""
+        for key in list(self.sel.get_map().values()):
+            key.fileobj.close()
+        self.sel.close()
+        self.listening = False
+        self.logger.info("%s stopped", self.server_name)
+        for handler in self.logger.handlers:
+            handler.close()
+
+    def accept_new_connection(self, io_device: selectors.SelectorKey) -> None:
+        try:
+            sock, address = io_device.fileobj.accept()
+        except OSError:  # the peer gave up before we got to it
+            return
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        link = BaseConnectionData()
+        link.sock = sock
+        self.sel.register(sock, selectors.EVENT_READ, link)
+        self.logger.debug("accepted a connection from %s:%d", *address[:2])
+
+    def handle_io_device_events(self, io_device: selectors.SelectorKey, event_mask: int) -> None:
+        if io_device.data is None:
+            self.accept_new_connection(io_device)
+            return
+        link: BaseConnectionData = io_device.data
+        if event_mask & selectors.EVENT_WRITE:
+            self.flush(link)
+        if event_mask & selectors.EVENT_READ and link.sock is not None and not link.closing:
+            try:
+                chunk = link.sock.recv(RECEIVE_SIZE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as error:
+                self.disconnect(link, f"receive failed: {error}")
+                return
+            if not chunk:
+                self.disconnect(link, "connection closed by the peer")
+                return
+            self.handle_messages(io_device, chunk)
+
+    def handle_messages(self, io_device: selectors.SelectorKey, recv_data: bytes) -> None:
+        """Append a received chunk to the link's buffer and handle every whole frame in it."""
+        sock = io_device.fileobj
+        buffer = io_device.data.read_buffer
+        buffer += recv_data
+        frames: List[bytes] = []
+        offset = 0
+        problem = None
+        try:
+            while offset < len(buffer):
+                length = frame_length(buffer, offset)
+                if length is not None and length > self.max_frame_size:
+                    raise ProtocolViolation(f"a frame declares {length} bytes; the limit is {self.max_frame_size}")
+                if length is None or offset + length > len(buffer):
+                    break
+                frames.append(bytes(buffer[offset:offset + length]))
+                offset += length
+        except ProtocolViolation as error:
+            problem = error
+        del buffer[:offset]
+        for frame in frames:
+            key = self._live_key(sock)
+            if key is None or key.data.closing:
+                return  # the link closed while earlier frames were handled
+            try:
+                (message,) = MessageParser.parse_messages(frame)
+            except Exception as error:  # the course's parser may raise anything on bad bytes
+                self.protocol_error(key.data, f"malformed message of type 0x{frame[0]:02x}: {error}")
+                return
+            try:
+                self._handlers[message.message_type](key, message)
+            except ProtocolViolation as error:
+                self.protocol_error(key.data, str(error))
+                return
+        if problem is not None:
+            key = self._live_key(sock)
+            if key is not None:
+                self.protocol_error(key.data, str(problem))
+
+    def _live_key(self, sock: socket.socket) -> Optional[selectors.SelectorKey]:
+        try:
+            return self.sel.get_key(sock)
+        except (KeyError, ValueError):
+            return None
+
+    # ------------------------------------------------------------------------------ sending
+
+    def send(self, link: BaseConnectionData, frame: bytes) -> None:
+        """Queue a frame on an adjacent link; it leaves when the socket is writable."""
+        if link.sock is None or link.closing:
+            return
+        if not link.write_buffer:
+            self.sel.modify(link.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, link)
+        link.write_buffer += frame
+
+    def flush(self, link: BaseConnectionData) -> None:
+        try:
+            sent = link.sock.send(link.write_buffer)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as error:
+            self.disconnect(link, f"send failed: {error}")
+            return
+        del link.write_buffer[:sent]
+        if link.write_buffer:
+            return
+        if link.closing:
+            self.disconnect(link, "closed after its last message was sent")
+        else:
+            self.sel.modify(link.sock, selectors.EVENT_READ, link)
+
+    def send_to_host(self, host_id: int, frame: bytes) -> None:
+        """Send toward any known machine, over the adjacent link that leads to it."""
+        host = self.hosts_db.get(host_id)
+        link = self.hosts_db.get(host.first_link_id) if host is not None else None
+        if link is None or link.sock is None:
+            self.logger.warning("no open link toward %d; dropped a message of type 0x%02x", host_id, frame[0])
+            return
+        self.send(link, frame)
+
+    def flood(self, frame: bytes, came_from: BaseConnectionData, to_clients: bool) -> None:
+        """Send to every adjacent server (and client) except the link the frame came from."""
+        neighbours = self.adjacent_server_ids + self.adjacent_user_ids if to_clients else self.adjacent_server_ids
+        for host_id in neighbours:
+            link = self.hosts_db.get(host_id)
+            if link is not None and link is not came_from:
+                self.send(link, frame)
+
+    def relayed(self, registration_frame: bytes) -> bytes:
+        """A registration as this server forwards it: the same bytes with our id as the last hop."""
+        return registration_frame[:_LAST_HOP.start] + self.id.to_bytes(4, "big") + registration_frame[_LAST_HOP.stop:]
+
+    def reject(self, link: BaseConnectionData, status_code: int, text: str) -> None:
+        """Answer a refused peer over its own link with destination 0, then close that link."""
+        self.logger.warning("refused a peer: %s", text)
+        self.send(link, StatusUpdateMessage.bytes(self.id, 0, status_code, text))
+        link.closing = True
+
+    def protocol_error(self, link: BaseConnectionData, problem: str) -> None:
+        self.logger.warning("protocol error from %s: %s", self.describe(link), problem)
+        self.disconnect(link, f"protocol error: {problem}")
+
+    def disconnect(self, link: BaseConnectionData, reason: str) -> None:
+        """The one way a link closes. The network state is left as it was."""
+        if link.sock is None:
+            return
+        self.logger.info("closing the link to %s: %s", self.describe(link), reason)
+        try:
+            self.sel.unregister(link.sock)
+        except (KeyError, ValueError):
+            pass
+        link.sock.close()
+        link.sock = None
+        link.write_buffer.clear()
+        link.read_buffer.clear()
+
+    def describe(self, link: BaseConnectionData) -> str:
+        if isinstance(link, ServerConnectionData):
+            return f"server {link.server_name} ({link.id})"
+        if isinstance(link, ClientConnectionData):
+            return f"client {link.client_name} ({link.id})"
+        return "an unregistered peer"
+
+    def promote(self, io_device: selectors.SelectorKey, host: HostData) -> None:
+        """A link's peer has registered: its connection data becomes the host's record."""
+        link: BaseConnectionData = io_device.data
+        host.sock = link.sock
+        host.outbound = link.outbound
+        host.write_buffer = link.write_buffer
+        host.read_buffer = link.read_buffer
+        host.first_link_id = host.id
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if host.write_buffer else 0)
+        self.sel.modify(host.sock, events, host)
+        self.hosts_db[host.id] = host
+
+    def known(self, host_id: int) -> bool:
+        return host_id == self.id or host_id in self.hosts_db
+
+    # ----------------------------------------------------------------------------- handlers
+
+    def handle_server_registration_message(self, io_device: selectors.SelectorKey,
+                                           message: ServerRegistrationMessage) -> None:
+        link = io_device.data
+        server_id = message.source_id
+        if type(link) is BaseConnectionData:
+            if self.known(server_id):
+                self.reject(link, STATUS_DUPLICATE_ID, f"A machine has already registered with ID {server_id}")
+                return
+            server = ServerConnectionData(server_id, message.server_name, message.server_info)
+            self.promote(io_device, server)
+            self.adjacent_server_ids.append(server_id)
+            self.logger.info("server %s (%d) joined as a neighbour", server.server_name, server_id)
+            self.send_network_state(server, include_self=not server.outbound)
+            came_from: BaseConnectionData = server
+        elif isinstance(link, ServerConnectionData):
+            if self.known(server_id):
+                self.logger.warning("%s announced server %d, which is already known; ignored",
+                                    self.describe(link), server_id)
+                return
+            server = ServerConnectionData(server_id, message.server_name, message.server_info)
+            server.first_link_id = link.id
+            self.hosts_db[server_id] = server
+            self.logger.info("server %s (%d) joined behind %d", server.server_name, server_id, link.id)
+            came_from = link
+        else:
+            raise ProtocolViolation("a client may not register a server")
+        self.flood(self.relayed(message.bytes), came_from, to_clients=False)
+
+    def send_network_state(self, neighbour: ServerConnectionData, include_self: bool) -> None:
+        """Tell a new neighbour server about every machine this side of the tree knows."""
+        if include_self:
+            self.send(neighbour, ServerRegistrationMessage.bytes(self.id, self.id, self.server_name, self.server_info))
+        for host in list(self.hosts_db.values()):
+            if host is neighbour:
+                continue
+            if isinstance(host, ServerConnectionData):
+                frame = ServerRegistrationMessage.bytes(host.id, self.id, host.server_name, host.server_info)
+            else:
+                frame = ClientRegistrationMessage.bytes(host.id, self.id, host.client_name, host.client_info)
+            self.send(neighbour, frame)
+
+    def handle_client_registration_message(self, io_device: selectors.SelectorKey,
+                                           message: ClientRegistrationMessage) -> None:
+        link = io_device.data
+        client_id = message.source_id
+        if type(link) is BaseConnectionData:
+            if self.known(client_id):
+                self.reject(link, STATUS_DUPLICATE_ID, f"Someone has already registered with ID {client_id}")
+                return
+            client = ClientConnectionData(client_id, message.client_name, message.client_info)
+            known_clients = [host for host in self.hosts_db.values() if isinstance(host, ClientConnectionData)]
+            self.promote(io_device, client)
+            self.adjacent_user_ids.append(client_id)
+            self.send(client, StatusUpdateMessage.bytes(
+                self.id, client_id, STATUS_WELCOME, f"Welcome to the Clemson Relay Chat network {client.client_name}"))
+            for other in known_clients:
+                self.send(client, ClientRegistrationMessage.bytes(other.id, self.id, other.client_name, other.client_info))
+            self.logger.info("client %s (%d) joined here", client.client_name, client_id)
+            came_from: BaseConnectionData = client
+        elif isinstance(link, ServerConnectionData):
+            if self.known(client_id):
+                self.logger.warning("%s announced client %d, which is already known; ignored",
+                                    self.describe(link), client_id)
+                return
+            client = ClientConnectionData(client_id, message.client_name, message.client_info)
+            client.first_link_id = link.id
+            self.hosts_db[client_id] = client
+            self.logger.info("client %s (%d) joined behind %d", client.client_name, client_id, link.id)
+            came_from = link
+        else:
+            raise ProtocolViolation("a client may not relay another client's registration")
+        self.flood(self.relayed(message.bytes), came_from, to_clients=True)
+
+    def handle_client_chat_message(self, io_device: selectors.SelectorKey, message: ClientChatMessage) -> None:
+        if type(io_device.data) is BaseConnectionData:
+            raise ProtocolViolation("a chat arrived before its sender registered")
+        destination = self.hosts_db.get(message.destination_id)
+        if isinstance(destination, ClientConnectionData):
+            self.logger.debug("chat %d -> %d", message.source_id, message.destination_id)
+            self.send_to_host(destination.id, message.bytes)
+            return
+        self.logger.info("chat from %d to unknown id %d", message.source_id, message.destination_id)
+        self.send(io_device.data, StatusUpdateMessage.bytes(
+            self.id, message.source_id, STATUS_UNKNOWN_ID, f"Unknown ID {message.destination_id}"))
+
+    def handle_status_message(self, io_device: selectors.SelectorKey, message: StatusUpdateMessage) -> None:
+        if message.destination_id in (self.id, 0):
+            self.logger.info("status %d from %d: %s", message.status_code, message.source_id, message.content)
+            self.status_updates_log.append(message.content)
+        elif type(io_device.data) is BaseConnectionData:
+            raise ProtocolViolation("a status to relay arrived before its sender registered")
+        elif message.destination_id in self.hosts_db:
+            self.send_to_host(message.destination_id, message.bytes)
+        else:
+            self.logger.warning("status for unknown id %d dropped", message.destination_id)
+
+    def handle_client_quit_message(self, io_device: selectors.SelectorKey, message: ClientQuitMessage) -> None:
+        if type(io_device.data) is BaseConnectionData:
+            raise ProtocolViolation("a quit arrived before its sender registered")
+        client = self.hosts_db.get(message.source_id)
+        if not isinstance(client, ClientConnectionData):
+            self.logger.warning("quit from unknown client %d ignored", message.source_id)
+            return
+        self.forget(client)
+        self.logger.info("client %s (%d) quit: %s", client.client_name, client.id, message.content)
+        self.flood(message.bytes, came_from=io_device.data, to_clients=True)
+
+    def handle_server_quit_message(self, io_device: selectors.SelectorKey, message: ServerQuitMessage) -> None:
+        if not isinstance(io_device.data, ServerConnectionData):
+            raise ProtocolViolation("only a registered server may announce a server quit")
+        server = self.hosts_db.get(message.source_id)
+        if not isinstance(server, ServerConnectionData):
+            self.logger.warning("quit of unknown server %d ignored", message.source_id)
+            return
+        behind = [host for host in self.hosts_db.values() if host.first_link_id == server.id and host is not server]
+        for host in [server] + behind:
+            self.forget(host)
+        self.logger.info("server %s (%d) quit: %s", server.server_name, server.id, message.content)
+        self.flood(message.bytes, came_from=io_device.data, to_clients=False)
+
+    def forget(self, host: HostData) -> None:
+        """Drop a machine from the network state."""
+        self.hosts_db.pop(host.id, None)
+        for adjacent in (self.adjacent_server_ids, self.adjacent_user_ids):
+            if host.id in adjacent:
+                adjacent.remove(host.id)
+
+
+def parse_arguments(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Run a Clemson Relay Chat server.")
+    parser.add_argument("--id", type=int, help="this server's id, 1 to 4294967295 (default: random)")
+    parser.add_argument("--servername", required=True, help="this server's name")
+    parser.add_argument("--port", type=int, required=True, help="port to listen on (0: any free port)")
+    parser.add_argument("--info", default="", help="a line about this server")
+    parser.add_argument("--connect_to_host", default="localhost", help="host of a server to join")
+    parser.add_argument("--connect_to_port", type=int, help="port of a server to join")
+    parser.add_argument("--bind", default="", help="address to listen on (default: all interfaces)")
+    parser.add_argument("--log-file", dest="log_file", help="also write the log to this file")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every message")
+    options = parser.parse_args(argv)
+    if options.id is not None and not 1 <= options.id <= 0xFFFFFFFF:
+        parser.error("--id must be from 1 to 4294967295")
+    return options
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    options = parse_arguments(argv)
+    server = CRCServer(options)
+    console = logging.StreamHandler(sys.stderr)
+    console.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    server.logger.addHandler(console)
+
+    def stop(signal_number: int, _frame: object) -> None:
+        server.request_terminate = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        server.run()
+    except OSError as error:
+        print(f"ChatServer: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
