@@ -1,0 +1,119 @@
+"""Helpers for tests that start real servers and speak the real protocol over loopback sockets."""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import threading
+import time
+from typing import Any, Callable, List, Optional
+
+from ChatMessageParser import ClientRegistrationMessage, ServerRegistrationMessage, StreamDecoder
+from ChatServer import CRCServer
+
+DEADLINE = 10.0  # seconds a test waits for something that should happen at once on loopback
+
+
+def wait_for(condition: Callable[[], Any], what: str, timeout: float = DEADLINE) -> Any:
+    """Poll until condition() is truthy; fail saying what was awaited and what was last seen."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"waited {timeout:.0f} s for {what}; last saw {result!r}")
+        time.sleep(0.01)
+
+
+def server_options(**overrides: Any) -> argparse.Namespace:
+    options = dict(id=None, servername=None, info="", port=0, connect_to_host=None,
+                   connect_to_port=None, log_file=None)
+    options.update(overrides)
+    return argparse.Namespace(**options)
+
+
+class RunningServer:
+    """A CRCServer on a free loopback port, running in a thread as the course's test manager runs it."""
+
+    def __init__(self, server_class: type = CRCServer, **options: Any) -> None:
+        if "parent" in options:
+            options["connect_to_host"] = "localhost"
+            options["connect_to_port"] = options.pop("parent").port
+        self.server = server_class(server_options(**options), run_on_localhost=True)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        wait_for(lambda: self.server.listening, f"server {self.server.server_name} to listen")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.server, name)
+
+    def stop(self) -> None:
+        self.server.request_terminate = True
+        self.thread.join(DEADLINE)
+        assert not self.thread.is_alive(), f"server {self.server.server_name} did not stop"
+
+
+class RawPeer:
+    """A socket that speaks CRC frames directly: a client or a server written by hand in a test."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=DEADLINE)
+        self.decoder = StreamDecoder()
+        self.messages: List[Any] = []
+        self.closed = False
+
+    @classmethod
+    def client(cls, port: int, client_id: int, name: str, info: str = "") -> "RawPeer":
+        peer = cls(port)
+        peer.send(ClientRegistrationMessage.bytes(client_id, 0, name, info))
+        return peer
+
+    @classmethod
+    def server(cls, port: int, server_id: int, name: str, info: str = "") -> "RawPeer":
+        peer = cls(port)
+        peer.send(ServerRegistrationMessage.bytes(server_id, 0, name, info))
+        return peer
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def pump(self, wait: float = 0.05) -> None:
+        """Read whatever has arrived within `wait` seconds."""
+        self.sock.settimeout(wait)
+        try:
+            while True:
+                chunk = self.sock.recv(1 << 20)
+                if not chunk:
+                    self.closed = True
+                    return
+                self.messages += self.decoder.feed(chunk)
+        except (socket.timeout, BlockingIOError):
+            return
+        except ConnectionResetError:
+            self.closed = True
+
+    def wait_for(self, condition: Callable[[List[Any]], Any], what: str, timeout: float = DEADLINE) -> Any:
+        def check() -> Any:
+            self.pump()
+            return condition(self.messages)
+        try:
+            return wait_for(check, what, timeout)
+        except AssertionError as error:
+            raise AssertionError(f"{error}; messages received: {self.messages!r}") from None
+
+    def wait_closed(self) -> None:
+        def check() -> bool:
+            self.pump()
+            return self.closed
+        wait_for(check, "the server to close the connection")
+
+    def of_type(self, message_class: type) -> List[Any]:
+        return [message for message in self.messages if isinstance(message, message_class)]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def first_or_none(items: List[Any], predicate: Callable[[Any], bool]) -> Optional[Any]:
+    return next((item for item in items if predicate(item)), None)

@@ -1,0 +1,274 @@
+"""The reference server over real loopback sockets: real servers in threads, peers speaking raw frames."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ChatMessageParser import (
+    ClientChatMessage,
+    ClientQuitMessage,
+    ClientRegistrationMessage,
+    ServerRegistrationMessage,
+    StatusUpdateMessage,
+)
+from ChatServer import CRCServer
+from netkit import DEADLINE, RawPeer, RunningServer, server_options, wait_for
+
+pytestmark = pytest.mark.timeout(60)
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def servers():
+    """Start servers with start(**options); every one is stopped at the end of the test."""
+    started: list[RunningServer] = []
+
+    def start(**options) -> RunningServer:
+        server = RunningServer(**options)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def welcome(name: str) -> str:
+    return f"Welcome to the Clemson Relay Chat network {name}"
+
+
+def statuses(peer: RawPeer) -> list[tuple[int, int, str]]:
+    return [(m.destination_id, m.status_code, m.content) for m in peer.of_type(StatusUpdateMessage)]
+
+
+def registered_ids(peer: RawPeer, message_class: type) -> set[int]:
+    return {m.source_id for m in peer.of_type(message_class)}
+
+
+def test_a_client_is_welcomed_and_learns_every_other_client(servers):
+    a = servers(id=1, servername="A")
+    b = servers(id=2, servername="B", parent=a)
+    alice = RawPeer.client(a.port, 10, "alice", "first")
+    alice.wait_for(lambda m: m, "alice's welcome")
+    bob = RawPeer.client(b.port, 11, "bob")
+    bob.wait_for(lambda m: len(m) >= 2, "bob's welcome and alice's registration")
+    alice.wait_for(lambda m: len(m) >= 2, "bob's registration at alice")
+
+    assert statuses(alice) == [(10, 0, welcome("alice"))]
+    assert statuses(bob) == [(11, 0, welcome("bob"))]
+    (alice_at_bob,) = bob.of_type(ClientRegistrationMessage)
+    assert (alice_at_bob.source_id, alice_at_bob.last_hop_id, alice_at_bob.client_name,
+            alice_at_bob.client_info) == (10, 2, "alice", "first")
+    assert registered_ids(alice, ClientRegistrationMessage) == {11}
+    assert not alice.of_type(ServerRegistrationMessage), "servers must never send server registrations to clients"
+    wait_for(lambda: set(a.hosts_db) == {2, 10, 11} and set(b.hosts_db) == {1, 10, 11}, "both servers to know all")
+    assert (a.adjacent_server_ids, a.adjacent_user_ids) == ([2], [10])
+    assert (b.adjacent_server_ids, b.adjacent_user_ids) == ([1], [11])
+    assert a.hosts_db[10].first_link_id == 10 and a.hosts_db[11].first_link_id == 2
+
+
+def test_chat_crosses_three_servers_and_unknown_ids_are_reported(servers):
+    a = servers(id=1, servername="A")
+    b = servers(id=2, servername="B", parent=a)
+    c = servers(id=3, servername="C", parent=b)
+    alice = RawPeer.client(a.port, 10, "alice")
+    carol = RawPeer.client(c.port, 30, "carol")
+    alice.wait_for(lambda m: registered_ids(alice, ClientRegistrationMessage) == {30}, "carol to be announced")
+
+    alice.send(ClientChatMessage.bytes(10, 30, '"Hi carol"') + ClientChatMessage.bytes(10, 99, "anyone?"))
+    carol.wait_for(lambda m: carol.of_type(ClientChatMessage), "the chat at carol")
+    alice.wait_for(lambda m: len(statuses(alice)) == 2, "the unknown id status")
+
+    (chat,) = carol.of_type(ClientChatMessage)
+    assert (chat.source_id, chat.destination_id, chat.content) == (10, 30, '"Hi carol"')
+    assert statuses(alice)[1] == (10, 1, "Unknown ID 99")
+    assert a.status_updates_log == b.status_updates_log == c.status_updates_log == []
+
+
+def test_two_clients_on_the_same_remote_server_talk_through_it(servers):
+    a = servers(id=1, servername="A")
+    b = servers(id=2, servername="B", parent=a)
+    left, right = RawPeer.client(b.port, 20, "left"), RawPeer.client(b.port, 21, "right")
+    left.wait_for(lambda m: registered_ids(left, ClientRegistrationMessage) == {21}, "right to be announced")
+    left.send(ClientChatMessage.bytes(20, 21, "next door"))
+    right.wait_for(lambda m: right.of_type(ClientChatMessage), "the chat")
+    assert [m.content for m in right.of_type(ClientChatMessage)] == ["next door"]
+
+
+def test_frames_split_at_every_byte_and_glued_together_are_all_handled(servers):
+    a = servers(id=1, servername="A")
+    listener = RawPeer.client(a.port, 50, "listener")
+    listener.wait_for(lambda m: m, "the listener's welcome")
+    talker = RawPeer(a.port)
+    stream = ClientRegistrationMessage.bytes(51, 0, "talker", "splits everything") + b"".join(
+        ClientChatMessage.bytes(51, 50, f"message {n}") for n in range(20))
+    for position in range(len(stream)):
+        talker.send(stream[position:position + 1])
+    listener.wait_for(lambda m: len(listener.of_type(ClientChatMessage)) == 20, "20 chats sent a byte at a time")
+    glued = b"".join(ClientChatMessage.bytes(51, 50, f"glued {n}") for n in range(500))
+    talker.send(glued)
+    listener.wait_for(lambda m: len(listener.of_type(ClientChatMessage)) == 520, "500 chats sent as one chunk")
+    contents = [m.content for m in listener.of_type(ClientChatMessage)]
+    assert contents == [f"message {n}" for n in range(20)] + [f"glued {n}" for n in range(500)]
+
+
+def test_output_to_a_slow_reader_is_kept_until_it_reads(servers):
+    """A send may take only part of the buffer: the rest waits, in order, for the reader."""
+    a = servers(id=1, servername="A")
+    slow = RawPeer.client(a.port, 60, "slow")
+    slow.wait_for(lambda m: m, "the welcome")
+    fast = RawPeer.client(a.port, 61, "fast")
+    fast.wait_for(lambda m: m, "the welcome")
+    text = "x" * 1000
+    for batch in range(20):  # 20 MB would not fit any socket buffer: most must wait in the server
+        fast.send(b"".join(ClientChatMessage.bytes(61, 60, f"{batch}:{n}:{text}") for n in range(1000)))
+    wait_for(lambda: len(a.hosts_db[60].write_buffer) > 1_000_000, "output to pile up at the server")
+    slow.wait_for(lambda m: len(slow.of_type(ClientChatMessage)) == 20_000, "all 20,000 chats", timeout=60)
+    expected = [f"{batch}:{n}:{text}" for batch in range(20) for n in range(1000)]
+    assert [m.content for m in slow.of_type(ClientChatMessage)] == expected
+
+
+def test_a_new_neighbour_is_sent_the_whole_network_with_our_id_as_last_hop(servers):
+    a = servers(id=1, servername="A", info="root")
+    b = servers(id=2, servername="B", parent=a)
+    RawPeer.client(a.port, 10, "alice").wait_for(lambda m: m, "welcome")
+    RawPeer.client(b.port, 11, "bob").wait_for(lambda m: m, "welcome")
+    wait_for(lambda: len(a.hosts_db) == 3, "A to know B, alice and bob")
+
+    newcomer = RawPeer.server(a.port, 7, "N", "hand-written")
+    newcomer.wait_for(lambda m: len(m) == 4, "A, B, alice and bob announced to the newcomer")
+    first = newcomer.messages[0]
+    assert (type(first), first.source_id, first.server_name, first.server_info) == (
+        ServerRegistrationMessage, 1, "A", "root"), "A must introduce itself first"
+    assert registered_ids(newcomer, ServerRegistrationMessage) == {1, 2}
+    assert registered_ids(newcomer, ClientRegistrationMessage) == {10, 11}
+    assert {m.last_hop_id for m in newcomer.messages} == {1}
+    wait_for(lambda: 7 in b.hosts_db, "B to hear of the newcomer")
+    assert b.hosts_db[7].first_link_id == 1 and 7 in a.adjacent_server_ids
+
+
+def test_a_server_with_a_taken_id_is_refused_and_logs_why(servers):
+    a = servers(id=1, servername="A")
+    b = servers(id=2, servername="B", parent=a)
+    wait_for(lambda: 2 in a.hosts_db, "B to join")
+    impostor = servers(id=2, servername="impostor", parent=a)
+    wait_for(lambda: impostor.status_updates_log, "the impostor to hear why it was refused")
+    assert impostor.status_updates_log == ["A machine has already registered with ID 2"]
+    assert impostor.hosts_db == {} and impostor.adjacent_server_ids == []
+    assert set(a.hosts_db) == {2} and a.adjacent_server_ids == [2]
+    assert set(b.hosts_db) == {1}
+
+
+def test_a_client_with_a_taken_id_is_refused_and_disconnected(servers):
+    a = servers(id=1, servername="A")
+    first = RawPeer.client(a.port, 10, "first")
+    first.wait_for(lambda m: m, "welcome")
+    second = RawPeer.client(a.port, 10, "second")
+    second.wait_closed()
+    assert statuses(second) == [(0, 2, "Someone has already registered with ID 10")]
+    assert a.hosts_db[10].client_name == "first" and a.adjacent_user_ids == [10]
+    server_id_taken = RawPeer.client(a.port, 1, "named like the server")
+    server_id_taken.wait_closed()
+    assert statuses(server_id_taken) == [(0, 2, "Someone has already registered with ID 1")]
+
+
+def test_a_client_quit_reaches_everyone_and_the_client_may_stay(servers):
+    a = servers(id=1, servername="A")
+    b = servers(id=2, servername="B", parent=a)
+    c = servers(id=3, servername="C", parent=b)
+    stayer, leaver = RawPeer.client(a.port, 10, "stayer"), RawPeer.client(c.port, 30, "leaver")
+    stayer.wait_for(lambda m: registered_ids(stayer, ClientRegistrationMessage) == {30}, "leaver announced")
+    leaver.send(ClientQuitMessage.bytes(30, "good night"))
+    stayer.wait_for(lambda m: stayer.of_type(ClientQuitMessage), "the quit at stayer")
+    assert [(m.source_id, m.content) for m in stayer.of_type(ClientQuitMessage)] == [(30, "good night")]
+    for server in (a, b, c):
+        wait_for(lambda: 30 not in server.hosts_db, f"{server.server_name} to forget the leaver")
+    assert c.adjacent_user_ids == [] and a.adjacent_user_ids == [10]
+    leaver.pump()
+    assert not leaver.closed, "a client that quits may stay connected"
+
+
+def test_stopping_announces_nothing_and_leaves_neighbours_state_alone(servers):
+    a = servers(id=1, servername="A")
+    b = servers(id=2, servername="B", parent=a)
+    watcher = RawPeer.client(a.port, 10, "watcher")
+    RawPeer.client(b.port, 11, "on-b").wait_for(lambda m: m, "welcome")
+    watcher.wait_for(lambda m: registered_ids(watcher, ClientRegistrationMessage) == {11}, "on-b announced")
+    before = len(watcher.messages)
+    b.stop()
+    wait_for(lambda: not b.listening, "B to close")
+    watcher.pump(0.5)
+    assert watcher.messages[before:] == [], "a server stopped by request_terminate must announce nothing"
+    assert set(a.hosts_db) == {2, 10, 11} and a.adjacent_server_ids == [2] and a.adjacent_user_ids == [10]
+
+
+def test_the_port_can_be_reused_at_once_and_sockets_are_closed(servers):
+    first = servers(id=1, servername="first")
+    peer = RawPeer.client(first.port, 10, "peer")
+    peer.wait_for(lambda m: m, "welcome")
+    port = first.port
+    first.stop()
+    peer.wait_closed()
+    again = servers(id=1, servername="again", port=port)
+    assert again.port == port
+
+
+def test_garbage_closes_only_the_link_that_sent_it(servers):
+    a = servers(id=1, servername="A")
+    good = RawPeer.client(a.port, 10, "good")
+    good.wait_for(lambda m: m, "welcome")
+    for garbage in (b"\x55" * 20, ClientRegistrationMessage.bytes(11, 0, "ok", "")[:12] + b"\xff\xfe",
+                    b"\x81" + (12).to_bytes(4, "big") + (10).to_bytes(4, "big") + (1 << 30).to_bytes(4, "big")):
+        bad = RawPeer(a.port)
+        bad.send(garbage)
+        bad.wait_closed()
+    assert set(a.hosts_db) == {10}
+    good.send(ClientChatMessage.bytes(10, 10, "still alive"))
+    good.wait_for(lambda m: any(m_.content == "still alive" for m_ in good.of_type(ClientChatMessage)),
+                  "the server to keep serving")
+
+
+def test_each_server_logs_to_its_own_file(servers, tmp_path):
+    a = servers(id=1, servername="alpha", log_file=str(tmp_path / "alpha.log"))
+    servers(id=2, servername="beta", parent=a, log_file=str(tmp_path / "beta.log"))
+    wait_for(lambda: 2 in a.hosts_db, "beta to join")
+    alpha_log, beta_log = (tmp_path / "alpha.log").read_text(), (tmp_path / "beta.log").read_text()
+    assert "alpha (id 1) listening" in alpha_log and "beta (id 2)" not in alpha_log
+    assert "beta (id 2) listening" in beta_log and "alpha (id 1) listening" not in beta_log
+
+
+def test_the_command_line_server_joins_a_network_and_stops_on_ctrl_c(servers):
+    a = servers(id=1, servername="A")
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "ChatServer.py"), "--servername", "cli", "--id", "5", "--port", "0",
+         "--bind", "127.0.0.1", "--connect_to_host", "localhost", "--connect_to_port", str(a.port)],
+        cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: 5 in a.hosts_db, "the command-line server to join")
+        process.send_signal(signal.SIGINT)
+        assert process.wait(DEADLINE) == 0
+        log = process.stderr.read()
+        assert re.search(r"cli \(id 5\) listening on 127\.0\.0\.1:\d+", log), log
+    finally:
+        process.kill()
+
+
+def test_the_command_line_refuses_a_bad_id():
+    result = subprocess.run([sys.executable, str(ROOT / "ChatServer.py"), "--servername", "x", "--port", "0",
+                             "--id", "0"], cwd=ROOT, capture_output=True, text=True, timeout=DEADLINE)
+    assert result.returncode == 2 and "--id must be from 1 to 4294967295" in result.stderr
+
+
+def test_without_an_id_a_random_nonzero_one_is_picked():
+    unstarted = [CRCServer(server_options(servername="x"), run_on_localhost=True) for _ in range(20)]
+    ids = {server.id for server in unstarted}
+    for server in unstarted:
+        server.sel.close()
+    assert len(ids) > 1 and all(0 < server_id < 2 ** 32 for server_id in ids)
