@@ -121,7 +121,7 @@ def test_frames_split_at_every_byte_and_glued_together_are_all_handled(servers):
 
 def test_output_to_a_slow_reader_is_kept_until_it_reads(servers):
     """A send may take only part of the buffer: the rest waits, in order, for the reader."""
-    a = servers(id=1, servername="A")
+    a = servers(id=1, servername="A", max_output=64 << 20)  # room for all of it: this test is not about the cap
     slow = RawPeer.client(a.port, 60, "slow")
     slow.wait_for(lambda m: m, "the welcome")
     fast = RawPeer.client(a.port, 61, "fast")
