@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import re
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 from typing import Any, Callable, List, Optional
 
 from ChatMessageParser import ClientRegistrationMessage, ServerRegistrationMessage, StreamDecoder
@@ -117,3 +122,41 @@ class RawPeer:
 
 def first_or_none(items: List[Any], predicate: Callable[[Any], bool]) -> Optional[Any]:
     return next((item for item in items if predicate(item)), None)
+
+
+class ServerProcess:
+    """`python3 ChatServer.py` in a process of its own, for tests where a crash or a signal is the point."""
+
+    def __init__(self, *arguments: str) -> None:
+        root = Path(__file__).resolve().parent.parent
+        self.process = subprocess.Popen(
+            [sys.executable, str(root / "ChatServer.py"), "--bind", "127.0.0.1", "--port", "0", *arguments],
+            cwd=root, stderr=subprocess.PIPE, text=True)
+        self.log: List[str] = []
+        deadline = time.monotonic() + DEADLINE
+        while time.monotonic() < deadline:
+            line = self.process.stderr.readline()
+            if not line:
+                break
+            self.log.append(line)
+            found = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
+            if found:
+                self.port = int(found.group(1))
+                # Keep reading its log: a full pipe would block the server in the middle of a test.
+                threading.Thread(target=self._drain, daemon=True).start()
+                return
+        self.process.kill()
+        raise AssertionError(f"the server process never said it was listening; it printed {self.log!r}")
+
+    def _drain(self) -> None:
+        for line in self.process.stderr:
+            self.log.append(line)
+
+    def stop(self, how: int = signal.SIGKILL) -> None:
+        self.process.send_signal(how)
+        self.process.wait(DEADLINE)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(DEADLINE)

@@ -1,0 +1,370 @@
+"""A network that survives crashes, hostile peers and overload (issue 3), over real sockets.
+
+Servers whose crash or signal is the point of a test run as processes of their own; the survivors run
+in threads so that their state can be read directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import socket
+import time
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ChatClient import CRCClient
+from ChatMessageParser import (
+    ClientChatMessage,
+    ClientQuitMessage,
+    ClientRegistrationMessage,
+    ServerQuitMessage,
+    ServerRegistrationMessage,
+    StatusUpdateMessage,
+)
+from netkit import RawPeer, RunningServer, ServerProcess, wait_for
+
+pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.fixture
+def network():
+    """Start servers, server processes and clients; everything is stopped at the end of the test."""
+    running: list = []
+
+    class Network:
+        def server(self, **options) -> RunningServer:
+            options.setdefault("split_hold", 0)
+            running.append(RunningServer(**options))
+            return running[-1]
+
+        def process(self, *arguments: str) -> ServerProcess:
+            running.append(ServerProcess(*arguments))
+            return running[-1]
+
+        def client(self, server, client_id: int, name: str) -> CRCClient:
+            options = argparse.Namespace(id=client_id, serverhost="127.0.0.1", serverport=server.port,
+                                         username=name, info="", log_file=None)
+            client = CRCClient(options, run_on_localhost=True)
+            client.run()
+            running.append(client)
+            wait_for(lambda: client.status_updates_log, f"{name} to be welcomed")
+            return client
+
+    yield Network()
+    for thing in running:
+        if isinstance(thing, ServerProcess):
+            thing.kill()
+        elif isinstance(thing, CRCClient):
+            thing.stop()
+        else:
+            thing.stop()
+
+
+def protocol_errors(peer: RawPeer) -> list[str]:
+    return [m.content for m in peer.of_type(StatusUpdateMessage) if m.status_code == 3]
+
+
+# ------------------------------------------------------------------------------ departures
+
+
+def test_a_client_that_vanishes_is_announced_as_quit(network):
+    a = network.server(id=1, servername="A")
+    b = network.server(id=2, servername="B", parent=a)
+    watcher = network.client(a, 10, "watcher")
+    vanisher = RawPeer.client(b.port, 20, "vanisher")
+    wait_for(lambda: 20 in watcher.connected_user_ids, "the watcher to see the vanisher")
+    vanisher.close()
+    wait_for(lambda: 20 not in watcher.connected_user_ids, "the watcher to hear that the vanisher left")
+    wait_for(lambda: 20 not in a.hosts_db and 20 not in b.hosts_db, "both servers to forget the vanisher")
+    assert b.adjacent_user_ids == []
+
+
+def test_state_holds_during_the_hold_down_and_changes_after_it(network):
+    a = network.server(id=1, servername="A", split_hold=1.5)
+    b_process = network.process("--id", "2", "--servername", "B", "--connect_to_port", str(a.port))
+    watcher = network.client(a, 10, "watcher")
+    RawPeer.client(b_process.port, 20, "behind-b").wait_for(lambda m: m, "welcome")
+    wait_for(lambda: set(a.hosts_db) == {2, 10, 20}, "A to know B and its client")
+    b_process.stop(signal.SIGKILL)
+    wait_for(lambda: a.held_departures, "A to notice the lost link")
+    assert set(a.hosts_db) == {2, 10, 20} and a.adjacent_server_ids == [2], "nothing may change within the hold-down"
+    assert 20 in watcher.connected_user_ids
+    wait_for(lambda: set(a.hosts_db) == {10}, "A to drop B and its client after the hold-down")
+    wait_for(lambda: 20 not in watcher.connected_user_ids, "the watcher to hear of the netsplit")
+    assert a.adjacent_server_ids == []
+
+
+def test_killing_a_middle_server_of_eleven_leaves_every_survivor_right(network):
+    # 1 ── 2 ── 4 ── 8, 9        killing 2 splits the tree into {1, 3, 6, 7}, {4, 8, 9} and {5, 10, 11}
+    # │    └── 5 ── 10, 11
+    # └─ 3 ── 6, 7
+    servers = {1: network.server(id=1, servername="s1")}
+    middle = network.process("--id", "2", "--servername", "s2", "--connect_to_port", str(servers[1].port))
+    parents = {3: 1, 4: 2, 5: 2, 6: 3, 7: 3, 8: 4, 9: 4, 10: 5, 11: 5}
+    for server_id, parent_id in parents.items():
+        parent = middle if parent_id == 2 else servers[parent_id]
+        servers[server_id] = network.server(id=server_id, servername=f"s{server_id}", parent=parent)
+    client_homes = {101: 1, 106: 6, 107: 7, 102: 2, 104: 4, 108: 8, 110: 10, 111: 11}
+    clients = {}
+    for client_id, home in client_homes.items():
+        clients[client_id] = network.client(middle if home == 2 else servers[home], client_id, f"c{client_id}")
+    everyone = set(range(1, 12)) | set(client_homes)
+    for server_id, server in servers.items():
+        wait_for(lambda: set(server.hosts_db) == everyone - {server_id}, f"s{server_id} to know the whole network")
+    for client_id, client in clients.items():
+        wait_for(lambda: set(client.connected_user_ids) == set(client_homes) - {client_id},
+                 f"c{client_id} to know every client")
+
+    middle.stop(signal.SIGKILL)
+
+    pieces = [{1, 3, 6, 7, 101, 106, 107}, {4, 8, 9, 104, 108}, {5, 10, 11, 110, 111}]
+    for piece in pieces:
+        for member in piece:
+            if member in servers:
+                wait_for(lambda: set(servers[member].hosts_db) == piece - {member},
+                         f"s{member} to know exactly {sorted(piece - {member})}")
+            else:
+                expected = {host for host in piece if host in client_homes} - {member}
+                wait_for(lambda: set(clients[member].connected_user_ids) == expected,
+                         f"c{member} to know exactly {sorted(expected)}")
+    assert servers[1].adjacent_server_ids == [3] and servers[4].adjacent_server_ids == [8, 9]
+    assert servers[5].adjacent_server_ids == [10, 11]
+    clients[101].message_other_client(106, "still connected")
+    wait_for(lambda: clients[106].chat_messages_log == ["still connected"], "chat within a surviving piece")
+
+
+def test_the_same_server_coming_back_during_the_hold_down_starts_clean(network):
+    a = network.server(id=1, servername="A", split_hold=60)
+    watcher = network.client(a, 10, "watcher")
+    first = network.process("--id", "2", "--servername", "B", "--connect_to_port", str(a.port))
+    RawPeer.client(first.port, 20, "old-client").wait_for(lambda m: m, "welcome")
+    wait_for(lambda: set(a.hosts_db) == {2, 10, 20}, "A to know B and its client")
+    first.stop(signal.SIGKILL)
+    wait_for(lambda: a.held_departures, "A to notice the lost link")
+    second = network.process("--id", "2", "--servername", "B-again", "--connect_to_port", str(a.port))
+    wait_for(lambda: set(a.hosts_db) == {2, 10} and a.hosts_db[2].server_name == "B-again",
+             "A to drop the old B and its client and take the new B")
+    wait_for(lambda: 20 not in watcher.connected_user_ids, "the old client's departure to be announced")
+    assert a.adjacent_server_ids == [2] and not a.held_departures
+    RawPeer.client(second.port, 20, "new-client").wait_for(lambda m: m, "the id to be free again")
+    wait_for(lambda: 20 in watcher.connected_user_ids, "the new client to be announced")
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGINT])
+def test_a_server_stopped_by_a_signal_announces_its_departure(network, how):
+    a = network.server(id=1, servername="A", split_hold=60)  # only an announcement can explain a quick change
+    b = network.process("--id", "2", "--servername", "B", "--connect_to_port", str(a.port))
+    c = network.server(id=3, servername="C", parent=b, split_hold=60)
+    watcher = network.client(a, 10, "watcher")
+    RawPeer.client(c.port, 30, "behind").wait_for(lambda m: m, "welcome")
+    wait_for(lambda: set(a.hosts_db) == {2, 3, 10, 30}, "A to know the whole network")
+    b.stop(how)
+    assert b.process.returncode == 0
+    wait_for(lambda: set(a.hosts_db) == {10}, "A to drop B and all behind it at once")
+    wait_for(lambda: set(c.hosts_db) == {30}, "C to drop B and all behind it at once")
+    wait_for(lambda: watcher.connected_user_ids == {}, "the watcher to hear of the departure")
+
+
+def test_a_server_quit_from_afar_is_passed_on(network):
+    a = network.server(id=1, servername="A")
+    b = network.server(id=2, servername="B", parent=a)
+    fake = RawPeer.server(b.port, 9, "fake")
+    fake.send(ServerRegistrationMessage.bytes(90, 9, "behind-fake", ""))
+    wait_for(lambda: {9, 90} <= set(a.hosts_db), "A to learn of the fake server and the one behind it")
+    fake.send(ServerQuitMessage.bytes(90, 0, "gone"))
+    wait_for(lambda: 90 not in a.hosts_db and 90 not in b.hosts_db, "the quit to reach A")
+    assert 9 in a.hosts_db and 9 in b.hosts_db
+
+
+# --------------------------------------------------------------------------- protocol breakers
+
+
+@pytest.mark.parametrize("garbage, problem", [
+    (b"\x07" + bytes(30), "unknown message type 0x07"),
+    (ClientChatMessage.bytes(20, 10, "x")[:13] + b"\xff", "UTF-8"),
+    (b"\x81" + (20).to_bytes(4, "big") + (10).to_bytes(4, "big") + (1 << 20).to_bytes(4, "big"), "limit"),
+])
+def test_a_malformed_frame_gets_a_protocol_error_and_only_that_link_is_dropped(network, garbage, problem):
+    a = network.server(id=1, servername="A")
+    b = network.server(id=2, servername="B", parent=a)
+    watcher = network.client(a, 10, "watcher")
+    breaker = RawPeer.client(b.port, 20, "breaker")
+    wait_for(lambda: 20 in watcher.connected_user_ids, "the breaker to be known")
+    breaker.send(garbage)
+    breaker.wait_closed()
+    (error,) = protocol_errors(breaker)
+    assert problem in error
+    wait_for(lambda: 20 not in watcher.connected_user_ids, "the breaker's departure to be announced")
+    assert set(a.hosts_db) == {2, 10} and set(b.hosts_db) == {1, 10}
+    assert a.adjacent_server_ids == [2] and b.adjacent_server_ids == [1]
+
+
+@pytest.mark.parametrize("lie", [
+    ClientChatMessage.bytes(10, 10, "I am the watcher"),
+    ClientQuitMessage.bytes(10, "the watcher quits, says I"),
+    StatusUpdateMessage.bytes(10, 1, 0, "a status in someone else's name"),
+    ClientRegistrationMessage.bytes(21, 0, "second registration", ""),
+    ClientRegistrationMessage.bytes(21, 2, "relayed by a client", ""),
+    ServerRegistrationMessage.bytes(22, 0, "a client's server", ""),
+    ServerQuitMessage.bytes(2, 0, "a client quitting a server"),
+])
+def test_a_client_may_only_speak_for_itself(network, lie):
+    a = network.server(id=1, servername="A")
+    b = network.server(id=2, servername="B", parent=a)
+    watcher = network.client(a, 10, "watcher")
+    liar = RawPeer.client(b.port, 20, "liar")
+    wait_for(lambda: 20 in watcher.connected_user_ids, "the liar to be known")
+    liar.send(lie)
+    liar.wait_closed()
+    assert len(protocol_errors(liar)) == 1, f"expected one protocol error, saw {liar.messages!r}"
+    wait_for(lambda: set(a.hosts_db) == {2, 10} and set(b.hosts_db) == {1, 10}, "only the liar to be gone")
+    assert watcher.chat_messages_log == [] and 10 in b.hosts_db
+
+
+@pytest.mark.parametrize("first_frame", [
+    ClientRegistrationMessage.bytes(0, 0, "zero", ""),
+    ServerRegistrationMessage.bytes(0, 0, "zero", ""),
+    ClientChatMessage.bytes(5, 10, "before registering"),
+    ClientQuitMessage.bytes(10, "before registering"),
+])
+def test_id_zero_and_anything_before_a_registration_are_refused(network, first_frame):
+    a = network.server(id=1, servername="A")
+    network.client(a, 10, "watcher")
+    peer = RawPeer(a.port)
+    peer.send(first_frame)
+    peer.wait_closed()
+    assert len(protocol_errors(peer)) == 1 and set(a.hosts_db) == {10}
+
+
+def test_a_server_link_may_not_announce_a_host_reached_through_another_link(network):
+    a = network.server(id=1, servername="A")
+    network.client(a, 10, "watcher")
+    liar = RawPeer.server(a.port, 9, "liar")
+    liar.wait_for(lambda m: len(m) >= 2, "A's view of the network")
+    liar.send(ClientRegistrationMessage.bytes(10, 9, "the watcher, says I", ""))
+    liar.wait_closed()
+    assert any("another link" in text for text in protocol_errors(liar))
+    wait_for(lambda: set(a.hosts_db) == {10}, "A to drop the lying server only")
+    assert a.hosts_db[10].client_name == "watcher"
+
+
+def test_a_connection_that_never_registers_is_dropped_and_a_brief_one_leaves_no_trace(network):
+    a = network.server(id=1, servername="A", register_timeout=0.5)
+    silent = RawPeer(a.port)
+    silent.wait_closed()
+    brief = socket.create_connection(("127.0.0.1", a.port))
+    brief.close()
+    network.client(a, 10, "watcher")
+    wait_for(lambda: not a.unregistered, "A to forget the unregistered connections")
+    assert set(a.hosts_db) == {10} and a.adjacent_user_ids == [10] and not a.held_departures
+
+
+def test_a_refused_server_routes_nothing_from_the_link_it_opened(network):
+    a = network.server(id=1, servername="A")
+    network.server(id=2, servername="B", parent=a)
+    wait_for(lambda: 2 in a.hosts_db, "B to join")
+    impostor = network.server(id=2, servername="impostor", parent=a)
+    wait_for(lambda: impostor.status_updates_log, "the impostor to log why it was refused")
+    assert impostor.status_updates_log == ["A machine has already registered with ID 2"]
+    assert impostor.hosts_db == {} and impostor.adjacent_server_ids == []
+
+
+# ------------------------------------------------------------------------------------ overload
+
+
+def test_a_peer_that_stops_reading_is_dropped_at_the_output_cap(network):
+    cap = 256 * 1024
+    a = network.server(id=1, servername="A", max_output=cap)
+    sink = RawPeer.client(a.port, 10, "sink")  # never reads again
+    sink.wait_for(lambda m: m, "welcome")
+    sender = RawPeer.client(a.port, 11, "sender")
+    sender.wait_for(lambda m: m, "welcome")
+    high_water = 0
+    chat = ClientChatMessage.bytes(11, 10, "x" * 1000)
+    for _ in range(200):  # far more than the kernel's socket buffers and the cap together
+        sender.send(chat * 100)
+        if 10 in a.hosts_db:
+            high_water = max(high_water, len(a.hosts_db[10].write_buffer))
+    wait_for(lambda: 10 not in a.hosts_db, "the sink to be dropped as a departure")
+    assert high_water <= cap, f"unsent output reached {high_water} bytes; the cap is {cap}"
+    sender.wait_for(lambda m: any(isinstance(x, ClientQuitMessage) and x.source_id == 10 for x in m),
+                    "the sink's departure to be announced")
+
+
+def test_a_burst_of_100000_messages_arrives_whole_and_in_order(network):
+    a = network.server(id=1, servername="A")
+    b = network.server(id=2, servername="B", parent=a)
+    receiver = RawPeer.client(b.port, 20, "receiver")
+    receiver.wait_for(lambda m: m, "welcome")
+    sender = RawPeer.client(a.port, 10, "sender")
+    sender.wait_for(lambda m: len(m) >= 2, "the receiver to be announced")
+    sender.send(b"".join(ClientChatMessage.bytes(10, 20, str(n)) for n in range(100_000)))
+    chats = receiver.wait_for(lambda m: len(receiver.of_type(ClientChatMessage)) >= 100_000 and
+                              receiver.of_type(ClientChatMessage), "100,000 chats", timeout=60)
+    assert [chat.content for chat in chats] == [str(n) for n in range(100_000)]
+
+
+def test_a_flooding_client_does_not_starve_the_others(network):
+    """The server takes a bounded bite of each ready connection per turn, so a chat sent while a
+    flood is waiting is delivered long before the flood is through, not after it."""
+    a = network.server(id=1, servername="A", max_output=64 << 20)
+    sink = RawPeer.client(a.port, 10, "sink")
+    sink.wait_for(lambda m: m, "welcome")
+    flooder = RawPeer.client(a.port, 11, "flooder")
+    polite = RawPeer.client(a.port, 12, "polite")
+    polite.wait_for(lambda m: m, "welcome")
+    frames = [ClientChatMessage.bytes(11, 10, f"flood {n}") for n in range(200_000)]
+    flood = b"".join(frames)
+    flooder.sock.setblocking(False)
+    sent = flooder.sock.send(flood)  # as much as the kernel takes at once: all of it waits for the server
+    polite.send(ClientChatMessage.bytes(12, 10, "hello"))
+    flooder.sock.setblocking(True)
+    flooder.send(flood[sent:])
+    sink.wait_for(lambda m: len(sink.of_type(ClientChatMessage)) == 200_001, "the flood and the polite chat",
+                  timeout=60)
+    order = [chat.source_id for chat in sink.of_type(ClientChatMessage)]
+    flood_waiting, total = 0, 0
+    for frame in frames:
+        total += len(frame)
+        if total > sent:
+            break
+        flood_waiting += 1
+    assert order.index(12) < flood_waiting // 2, (
+        f"the polite chat came after {order.index(12)} flood messages;"
+        f" {flood_waiting} were already waiting when it was sent")
+
+
+# --------------------------------------------------------------------------------------- fuzz
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(chunks=st.lists(st.binary(min_size=1, max_size=64), min_size=1, max_size=6),
+       register_first=st.booleans())
+def test_a_live_server_survives_any_bytes(fuzz_server, chunks, register_first):
+    server, watcher = fuzz_server
+    peer = RawPeer(server.port)
+    if register_first:
+        peer.send(ClientRegistrationMessage.bytes(77, 0, "fuzzer", ""))
+    for chunk in chunks:
+        try:
+            peer.send(chunk)
+        except OSError:
+            break  # the server already hung up on it
+    peer.close()
+    wait_for(lambda: 77 not in server.hosts_db and not server.unregistered, "the fuzzer's traces to be gone")
+    watcher.send(ClientChatMessage.bytes(10, 10, "ping"))
+    watcher.wait_for(lambda m: any(getattr(x, "content", "") == "ping" for x in m), "the server to still serve")
+    watcher.messages.clear()
+    assert set(server.hosts_db) == {10}
+
+
+@pytest.fixture(scope="module")
+def fuzz_server():
+    server = RunningServer(id=1, servername="fuzzed", split_hold=0, register_timeout=0.5)
+    watcher = RawPeer.client(server.port, 10, "watcher")
+    watcher.wait_for(lambda m: m, "welcome")
+    yield server, watcher
+    server.stop()
