@@ -67,7 +67,11 @@ class ProtocolError(ValueError):
 
 def _encode(text: Optional[str], field: str, limit: int) -> bytes:
     """Encode text as UTF-8, refusing (never truncating) text whose length does not fit its field."""
-    encoded = (text or "").encode("utf-8")
+    if text is None:
+        text = ""
+    if not isinstance(text, str):
+        raise ValueError(f"{field} must be text (str), not {type(text).__name__}")
+    encoded = text.encode("utf-8")
     if len(encoded) > limit:
         raise ValueError(f"{field} is {len(encoded)} bytes of UTF-8; its length field holds at most {limit}")
     return encoded

@@ -790,3 +790,11 @@ def test_parse_messages_on_arbitrary_bytes_returns_or_raises_protocol_error(blob
         return
     joined = b"".join(message.bytes for message in messages)
     assert joined == blob, f"expected the parsed frames to cover all {len(blob)} bytes, they cover {len(joined)}"
+
+
+@pytest.mark.parametrize("not_text", [b"bytes", 42, ["list"]])
+def test_builders_refuse_text_that_is_not_a_string_with_a_clear_error(not_text):
+    with pytest.raises(ValueError, match="chat content must be text"):
+        ClientChatMessage.bytes(1, 2, not_text)
+    with pytest.raises(ValueError, match="client name must be text"):
+        ClientRegistrationMessage.bytes(1, 0, not_text, "")
