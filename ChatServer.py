@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import select
 import random
 import selectors
 import signal
@@ -142,6 +143,7 @@ class CRCServer:
         # Lost links whose hosts are held until the hold-down ends: link id -> (deadline, link).
         self.held_departures: Dict[int, Tuple[float, HostData]] = {}
         self.unregistered: Dict[BaseConnectionData, float] = {}  # link -> when it opened
+        self.busy_turns = 0  # odd while the loop is handling events; see is_quiet()
 
         self.logger = self._make_logger(getattr(options, "log_file", None), getattr(options, "verbose", False))
         self._handlers: Dict[int, Callable] = {
@@ -205,10 +207,35 @@ class CRCServer:
         self.logger.info("connected to %s:%s and sent our registration", host, self.connect_to_port)
 
     def check_IO_devices_for_messages(self) -> None:
-        for io_device, event_mask in self.sel.select(timeout=SELECT_TIMEOUT):
-            self.handle_io_device_events(io_device, event_mask)
-        if self.held_departures or self.unregistered:
-            self.check_timers()
+        events = self.sel.select(timeout=SELECT_TIMEOUT)
+        self.busy_turns += 1
+        try:
+            for io_device, event_mask in events:
+                self.handle_io_device_events(io_device, event_mask)
+            if self.held_departures or self.unregistered:
+                self.check_timers()
+        finally:
+            self.busy_turns += 1
+
+    def is_quiet(self) -> bool:
+        """True when this server has nothing left to do: no unsent output, no partial frame, nothing to
+        read or accept. Safe to call from another thread (a test manager's), which is why it reads the
+        loop's turn counter before and after looking, and answers False when in doubt."""
+        turn = self.busy_turns
+        if turn % 2 or not self.listening:
+            return False
+        try:
+            keys = list(self.sel.get_map().values())
+            links = [key.data for key in keys if key.data is not None]
+            if any(link.write_buffer or link.read_buffer for link in links):
+                return False
+            poller = select.poll()
+            for key in keys:
+                poller.register(key.fd, select.POLLIN)
+            ready = poller.poll(0)
+        except (RuntimeError, ValueError, OSError, TypeError):  # the loop changed its sockets meanwhile
+            return False
+        return not ready and self.busy_turns == turn
 
     def check_timers(self) -> None:
         now = time.monotonic()

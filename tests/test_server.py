@@ -272,3 +272,18 @@ def test_without_an_id_a_random_nonzero_one_is_picked():
     for server in unstarted:
         server.sel.close()
     assert len(ids) > 1 and all(0 < server_id < 2 ** 32 for server_id in ids)
+
+
+def test_a_server_reports_quiet_only_when_it_has_nothing_left_to_do(servers):
+    a = servers(id=1, servername="A")
+    wait_for(a.is_quiet, "an idle server to report quiet")
+    reader = RawPeer.client(a.port, 10, "reader")
+    partial = ClientChatMessage.bytes(10, 10, "half")
+    reader.wait_for(lambda m: m, "welcome")
+    wait_for(a.is_quiet, "the server to be quiet again")
+    reader.send(partial[:5])
+    wait_for(lambda: len(a.hosts_db[10].read_buffer) == 5, "half a frame to arrive")
+    assert not a.is_quiet(), "half a frame is waiting: more bytes are in flight"
+    reader.send(partial[5:] + b"".join(ClientChatMessage.bytes(10, 10, "x" * 100) for _ in range(20000)))
+    wait_for(lambda: a.is_quiet() and reader.wait_for(lambda m: len(m) == 20002, "every echo"),
+             "the server to be quiet after it has sent everything")
