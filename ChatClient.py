@@ -15,6 +15,7 @@ import logging
 import os
 import queue
 import random
+import select
 import selectors
 import socket
 import sys
@@ -64,6 +65,8 @@ class CRCClient:
         self.connected = False
         self.disconnect_reason: Optional[str] = None  # why the listener stopped
         self.on_event: Optional[EventHook] = None
+        self._busy_turns = 0  # odd while the listener is handling a chunk; see is_quiet()
+        self._decoder = StreamDecoder()
 
         self._socket: Optional[socket.socket] = None
         self._send_lock = threading.Lock()  # sends come from callers' threads, close from the listener's
@@ -108,6 +111,20 @@ class CRCClient:
         """Tell the network we are leaving. The connection stays open until `stop()`."""
         return self._send(ClientQuitMessage.bytes(self.id, text), "quit")
 
+    def is_quiet(self) -> bool:
+        """True when nothing more is on its way to this client as far as it can tell: it has been
+        answered (welcomed or refused) and has nothing unread, not even part of a message. Safe to call from another thread."""
+        turn = self._busy_turns
+        if not self.connected:
+            return True
+        if turn % 2 or not self.status_updates_log or self._decoder.pending or self._socket is None:
+            return False
+        try:
+            ready = select.select([self._socket], [], [], 0)[0]
+        except (OSError, ValueError):
+            return not self.connected
+        return not ready and self._busy_turns == turn
+
     def stop(self, timeout: float = 2.0) -> None:
         """Ask the listener to close the connection and wait for it."""
         self.request_terminate = True
@@ -129,7 +146,6 @@ class CRCClient:
 
     def _listen(self) -> None:
         assert self._socket is not None
-        decoder = StreamDecoder()
         selector = selectors.DefaultSelector()
         selector.register(self._socket, selectors.EVENT_READ)
         reason = "stopped on request"
@@ -137,22 +153,14 @@ class CRCClient:
             while not self.request_terminate:
                 if not selector.select(POLL_SECONDS):
                     continue
-                chunk = self._socket.recv(RECV_SIZE)
-                if not chunk:
-                    reason = "the server closed the connection"
-                    self.logger.warning(reason)
-                    break
-                self.logger.debug("received %d bytes: %s", len(chunk), chunk.hex())
+                self._busy_turns += 1
                 try:
-                    messages = decoder.feed(chunk)
-                except ProtocolError as error:
-                    for message in error.messages:  # whole messages that came before the bad bytes
-                        self._handle(message)
-                    reason = f"protocol error from the server: {error}"
-                    self.logger.error("%s; closing the connection", reason)
+                    problem = self._receive()
+                finally:
+                    self._busy_turns += 1
+                if problem:
+                    reason = problem
                     break
-                for message in messages:
-                    self._handle(message)
         except OSError as error:
             reason = f"connection error: {error}"
             self.logger.error(reason)
@@ -165,6 +173,25 @@ class CRCClient:
             self.logger.info("listener stopped: %s", reason)
             for handler in self.logger.handlers:
                 handler.close()  # frees the log file; logging reopens it should anything log later
+
+    def _receive(self) -> Optional[str]:
+        """Read and handle one chunk; returns why the connection is over, or None while it goes on."""
+        assert self._socket is not None
+        chunk = self._socket.recv(RECV_SIZE)
+        if not chunk:
+            self.logger.warning("the server closed the connection")
+            return "the server closed the connection"
+        self.logger.debug("received %d bytes: %s", len(chunk), chunk.hex())
+        try:
+            messages = self._decoder.feed(chunk)
+        except ProtocolError as error:
+            for message in error.messages:  # whole messages that came before the bad bytes
+                self._handle(message)
+            self.logger.error("protocol error from the server: %s; closing the connection", error)
+            return f"protocol error from the server: {error}"
+        for message in messages:
+            self._handle(message)
+        return None
 
     def _handle(self, message: Message) -> None:
         known_name = self.connected_user_ids.get(message.source_id)

@@ -387,3 +387,24 @@ def test_clients_on_two_servers_chat_across_the_link(servers: list, clients: lis
     alice.message_other_client(12, "over the link")
     wait_until(lambda: bob.chat_messages_log == ["over the link"],
                lambda: f"expected bob's chats ['over the link'], seen {bob.chat_messages_log}")
+
+
+def test_quiet_only_once_answered_and_with_nothing_unread(peer: ScriptedPeer, connected: CRCClient) -> None:
+    assert not connected.is_quiet(), "expected a client still waiting for its welcome not to be quiet"
+    peer.send(WELCOME[:7])
+    time.sleep(0.2)  # give the listener time to take the half frame in; it must still not count as answered
+    assert not connected.is_quiet(), "expected a client holding half a welcome not to be quiet"
+    peer.send(WELCOME[7:] + BOB_JOINS)
+    wait_until(connected.is_quiet, lambda: f"expected quiet after the welcome, state {state(connected)}")
+    assert state(connected)["connected_user_ids"] == {2: "bob"}
+    peer.close()
+    wait_until(connected.is_quiet, lambda: "expected a client whose server has gone to be quiet")
+
+
+def test_not_quiet_while_part_of_a_message_is_still_on_its_way(peer: ScriptedPeer, connected: CRCClient) -> None:
+    peer.send(WELCOME + BOB_JOINS[:5])
+    wait_until(lambda: connected.status_updates_log != [], lambda: "expected the welcome to arrive")
+    time.sleep(0.2)  # the half registration has long been read by now
+    assert not connected.is_quiet(), "expected a client holding half a registration not to be quiet"
+    peer.send(BOB_JOINS[5:])
+    wait_until(connected.is_quiet, lambda: f"expected quiet once the registration is whole, state {state(connected)}")
