@@ -1,0 +1,25 @@
+"""Testers: what runs in place of a plain server for each case type, and the final-state checker.
+
+A case's `type` picks how its servers are built from the CRCServer under test:
+`network_connectivity` wraps it in a recorder of raw bytes, `CRC_functionality` uses it unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Dict
+
+from Testers.connectivity import make_connectivity_tester
+
+TESTER_FACTORIES: Dict[str, Callable[[type], type]] = {
+    "network_connectivity": make_connectivity_tester,
+    "CRC_functionality": lambda server_class: server_class,
+}
+
+
+def tester_class(case_type: str, server_class: type) -> type:
+    """The class to instantiate for every server of a case of this type."""
+    try:
+        factory = TESTER_FACTORIES[case_type]
+    except KeyError:
+        raise ValueError(f"unknown case type {case_type!r}; expected one of {sorted(TESTER_FACTORIES)}") from None
+    return factory(server_class)
