@@ -1,0 +1,270 @@
+"""Every scenario case in TestCases/ against our server and client, and the test manager itself:
+that it fails wrong expectations with a clear explanation, refuses unknown keys, gives up on a hung
+case, reports on the command line, parses commands as the contract says and loads a submission."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Dict, List
+
+import pytest
+
+import ChatMessageParser
+import ChatTestManager as manager
+from Testers.checker import compare
+
+ROOT = Path(__file__).resolve().parent.parent
+CASES = manager.select_cases(ROOT / "TestCases", [])
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> manager.Settings:
+    return manager.Settings(logs_dir=tmp_path / "Logs")
+
+
+def write_case(folder: Path, name: str, commands: List[str], final_state: Dict[str, Any], **extra: Any) -> Path:
+    path = folder / f"{name}.cfg"
+    path.write_text(json.dumps({"type": "CRC_functionality", "commands": commands, "final_state": final_state,
+                                **extra}))
+    return path
+
+
+ONE_SERVER_ONE_CLIENT = [
+    "LAUNCHSERVER --id 7 --servername hub --port 4100 --info test",
+    "WAIT 0.3",
+    "LAUNCHCLIENT --id 70 --serverhost localhost --serverport 4100 --username kim --info k",
+    "WAIT 0.5",
+    "KILL ALL",
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# The scenario suite
+
+@pytest.mark.parametrize("case_path", CASES, ids=[path.stem for path in CASES])
+def test_scenario_case(case_path: Path, settings: manager.Settings) -> None:
+    result = manager.run_case(case_path, settings)
+    assert result.passed, f"{case_path.name} failed:\n{result.explanation}"
+
+
+def test_the_suite_has_the_courses_families_and_weights() -> None:
+    weights: Dict[str, List[float]] = {}
+    for path in CASES:
+        case = manager.load_case(path)
+        weights.setdefault(case.family, []).append(case.weight)
+    assert {family: ws for family, ws in weights.items() if family != "extra"} == {
+        "connectivity": [7, 6, 5],
+        "server networks": [7, 6, 5],
+        "clients": [3, 3, 4, 3],
+        "chat": [3, 3, 3],
+        "status": [2, 2, 2, 2],
+        "client quit": [3, 3, 3],
+    }
+    assert sum(sum(ws) for ws in weights.values()) == 75
+
+
+# ---------------------------------------------------------------------------------------------
+# Checking and reporting
+
+def test_a_wrong_final_state_fails_naming_what_was_expected_and_found(tmp_path: Path, settings: manager.Settings) -> None:
+    case = write_case(tmp_path, "wrong", ONE_SERVER_ONE_CLIENT, {
+        "hub": {"hosts_db": [999], "adjacent_user_ids": [70]},
+        "kim": {"status_updates_log": ["Welcome to the Clemson Relay Chat network kim"]},
+    })
+    result = manager.run_case(case, settings)
+    assert not result.passed, "a case expecting host 999 passed"
+    assert result.problems == [
+        "hub.hosts_db: expected 1 item(s) [999]\n"
+        "              found    1 item(s) [70]\n"
+        "              missing [999]\n"
+        "              extra   [70]"
+    ], result.explanation
+
+
+def test_lists_compare_as_sets_plus_lengths() -> None:
+    assert compare("x", [1, 2, 3], [3, 1, 2]) is None
+    duplicated = compare("x", ["hi"], ["hi", "hi"])
+    assert duplicated is not None and "counts differ" in duplicated, duplicated
+
+
+@pytest.mark.parametrize("final_state, complaint", [
+    ({"hub": {"host_db": [70]}}, "unknown key 'host_db'"),
+    ({"hub": {"connected_user_ids": [70]}}, "unknown key 'connected_user_ids' for a server"),
+    ({"hub": {"recvd_messages_asdqw": []}}, "unknown key 'recvd_messages_asdqw' for a server in a CRC_functionality case"),
+    ({"nobody": {"hosts_db": []}}, "names 'nobody', but the commands launch no such machine"),
+    ({"hub": {"hosts_db": 70}}, "must be a list"),
+])
+def test_a_final_state_the_checker_does_not_know_is_an_error(tmp_path: Path, settings: manager.Settings,
+                                                               final_state: dict, complaint: str) -> None:
+    result = manager.run_case(write_case(tmp_path, "bad", ONE_SERVER_ONE_CLIENT, final_state), settings)
+    assert not result.passed and complaint in result.explanation, \
+        f"expected an error containing {complaint!r}, got: {result.explanation}"
+
+
+HANGING_SERVER = '''
+import time
+
+class CRCServer:
+    """Ignores request_terminate, as a broken submission might."""
+
+    def __init__(self, options, run_on_localhost=False):
+        self.request_terminate = False
+
+    def run(self):
+        give_up = time.monotonic() + 30  # so the abandoned thread does not outlive the test run by much
+        while time.monotonic() < give_up:
+            time.sleep(0.05)
+'''
+
+
+def test_a_hung_case_fails_at_the_time_limit(tmp_path: Path) -> None:
+    server = tmp_path / "hung" / "ChatServer.py"
+    server.parent.mkdir()
+    server.write_text(HANGING_SERVER)
+    case = write_case(tmp_path, "hangs", ["LAUNCHSERVER --id 1 --servername stuck --port 4200", "WAIT 0.1", "KILL ALL"], {})
+    result = manager.run_case(case, manager.Settings(server_path=server, timeout=0.5, logs_dir=tmp_path / "Logs"))
+    assert not result.passed
+    assert "time limit" in result.explanation and "'KILL ALL'" in result.explanation, result.explanation
+
+
+def test_slow_multiplies_every_wait(tmp_path: Path) -> None:
+    # 300 s of WAIT slowed by 0.001 is 0.3 s; unslowed it would hit the 30 s time limit and fail.
+    case = write_case(tmp_path, "long", ["LAUNCHSERVER --id 1 --servername one --port 4300", "WAIT 300", "KILL ALL"],
+                      {"one": {"hosts_db": []}})
+    result = manager.run_case(case, manager.Settings(slow=0.001, logs_dir=tmp_path / "Logs"))
+    assert result.passed, result.explanation
+
+
+def run_command_line(*arguments: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "ChatTestManager.py"), *arguments],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_the_command_line_prints_each_test_and_a_table_and_exits_nonzero_on_failure(tmp_path: Path) -> None:
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    write_case(cases, "1_good", ONE_SERVER_ONE_CLIENT, {"hub": {"adjacent_user_ids": [70]}}, weight=2)
+    write_case(cases, "2_bad", ONE_SERVER_ONE_CLIENT, {"hub": {"adjacent_user_ids": [71]}}, weight=3)
+    run = run_command_line("--cases", str(cases), "--logs", str(tmp_path / "Logs"))
+    assert run.returncode == 1, f"expected exit status 1 after a failure, got {run.returncode}:\n{run.stdout}{run.stderr}"
+    lines = run.stdout.splitlines()
+    assert lines[0].startswith("PASS  1_good  (") and lines[1].startswith("FAIL  2_bad  ("), run.stdout
+    assert "hub.adjacent_user_ids: expected 1 item(s) [71]" in run.stdout, run.stdout
+    assert lines[-1] == "Score: 2/5; 1 of 2 tests passed", run.stdout
+    assert "result   FAIL" in (tmp_path / "Logs" / "2_bad.log").read_text()
+    assert (tmp_path / "Logs" / "2_bad" / "hub.log").exists(), "the server's own log is not in the case's folder"
+
+    passing = run_command_line("--cases", str(cases), "--logs", str(tmp_path / "Logs"), "1_")
+    assert passing.returncode == 0, f"expected exit status 0 when all pass:\n{passing.stdout}{passing.stderr}"
+
+
+def test_the_command_line_lists_cases_and_refuses_names_that_match_nothing() -> None:
+    listing = run_command_line("--list")
+    assert listing.returncode == 0 and "4_3_chat_3_hops" in listing.stdout, listing.stdout + listing.stderr
+    unknown = run_command_line("9_no_such_case")
+    assert unknown.returncode == 2 and "9_no_such_case" in unknown.stderr, unknown.stdout + unknown.stderr
+
+
+def test_names_and_prefixes_select_cases_in_natural_order(tmp_path: Path) -> None:
+    for name in ["2_1_a", "2_10_b", "2_2_c", "4_3_d", "4_30_e", "5_1_f"]:
+        (tmp_path / f"{name}.cfg").write_text("{}")
+    chosen = manager.select_cases(tmp_path, ["2_", "4_3_", "5_1_f.cfg"])
+    assert [path.stem for path in chosen] == ["2_1_a", "2_2_c", "2_10_b", "4_3_d", "5_1_f"]
+    with pytest.raises(manager.CaseError, match="7_"):
+        manager.select_cases(tmp_path, ["7_"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Commands
+
+@pytest.mark.parametrize("line, words", [
+    ('MESSAGE 12 "Hi"', ["MESSAGE", "12", '"Hi"']),
+    ('  MESSAGE   12   "Hi  there"  ', ["MESSAGE", "12", '"Hi  there"']),
+    ('--info "two words" --id 3', ["--info", '"two words"', "--id", "3"]),
+    ('a"b c"d e', ['a"b c"d', "e"]),
+    ('QUIT ""', ["QUIT", '""']),
+    ("\tWAIT\t1 ", ["WAIT", "1"]),
+])
+def test_arguments_split_on_white_space_keeping_quoted_runs_whole_with_their_quotes(line: str, words: List[str]) -> None:
+    assert manager.split_arguments(line) == words
+
+
+def test_an_unterminated_quote_is_an_error() -> None:
+    with pytest.raises(manager.CaseError, match="unterminated"):
+        manager.split_arguments('MESSAGE 1 "oops')
+
+
+def test_client_commands_keep_the_quotes_in_the_text() -> None:
+    message = manager.parse_command('CLIENTCOMMAND --username kim --command MESSAGE 70 "Hi there"')
+    assert (message.username, message.action, message.destination, message.text) == ("kim", "MESSAGE", 70, '"Hi there"')
+    quit_with_text = manager.parse_command('CLIENTCOMMAND --username kim --command QUIT "bye now"')
+    assert (quit_with_text.action, quit_with_text.text) == ("QUIT", '"bye now"')
+    assert manager.parse_command("CLIENTCOMMAND --username kim --command QUIT").text == ""
+
+
+@pytest.mark.parametrize("line, complaint", [
+    ("LAUNCHSERVER --servername x", "--port"),
+    ("LAUNCHSERVER --servername x --port 1 --bogus 2", "--bogus"),
+    ("LAUNCHCLIENT --username x --serverport nine", "nine"),
+    ("CLIENTCOMMAND --username kim --command SHOUT hi", "SHOUT"),
+    ("CLIENTCOMMAND --username kim --command MESSAGE bob hi", "destination id"),
+    ("WAIT soon", "WAIT"),
+    ("KILL", "KILL"),
+    ("DANCE", "DANCE"),
+])
+def test_malformed_commands_are_errors_that_say_why(line: str, complaint: str) -> None:
+    with pytest.raises(manager.CaseError, match=complaint):
+        manager.parse_command(line)
+
+
+def test_a_quoted_chat_arrives_with_its_quotes_and_spaces(tmp_path: Path, settings: manager.Settings) -> None:
+    case = write_case(tmp_path, "quotes", ONE_SERVER_ONE_CLIENT[:-1] + [
+        "LAUNCHCLIENT --id 71 --serverhost localhost --serverport 4100 --username lee --info l",
+        "WAIT 0.3",
+        'CLIENTCOMMAND --username kim --command MESSAGE 71 "Hi  there"',
+        "WAIT 0.5",
+        "KILL ALL",
+    ], {"lee": {"chat_messages_log": ['"Hi  there"']}})
+    result = manager.run_case(case, settings)
+    assert result.passed, result.explanation
+
+
+# ---------------------------------------------------------------------------------------------
+# Ports and submissions
+
+def test_written_ports_map_to_free_ports_consistently() -> None:
+    ports = manager.PortMap()
+    first, second = ports(5000), ports(5001)
+    assert ports(5000) == first and first != second and ports(None) is None
+    for port in (first, second):
+        with socket.socket() as probe:
+            probe.bind(("", port))  # raises if the port were taken
+    assert manager.PortMap(keep=True)(5000) == 5000
+
+
+def test_a_case_runs_even_when_its_written_port_is_taken_unless_ports_are_kept(tmp_path: Path) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        case = write_case(tmp_path, "taken", [command.replace("4100", str(taken)) for command in ONE_SERVER_ONE_CLIENT],
+                          {"hub": {"adjacent_user_ids": [70]}})
+        remapped = manager.run_case(case, manager.Settings(logs_dir=tmp_path / "Logs"))
+        assert remapped.passed, remapped.explanation
+        kept = manager.run_case(case, manager.Settings(keep_ports=True, logs_dir=tmp_path / "Logs"))
+        assert not kept.passed and "Address already in use" in kept.explanation, kept.explanation
+
+
+def test_a_submission_imports_the_parser_beside_it_while_the_kit_keeps_ours(tmp_path: Path) -> None:
+    (tmp_path / "ChatMessageParser.py").write_text("WHOSE = 'the submission'\n")
+    (tmp_path / "ChatServer.py").write_text(
+        "import ChatMessageParser\nPARSER = ChatMessageParser.WHOSE\n\nclass CRCServer:\n    pass\n")
+    had_chat_server = "ChatServer" in sys.modules
+    module = manager.load_server_module(tmp_path / "ChatServer.py")
+    assert module.PARSER == "the submission"
+    assert sys.modules["ChatMessageParser"] is ChatMessageParser, "the kit's parser was replaced by the submission's"
+    assert ("ChatServer" in sys.modules) == had_chat_server and sys.modules.get("ChatServer") is not module
