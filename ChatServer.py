@@ -211,7 +211,13 @@ class CRCServer:
         self.busy_turns += 1
         try:
             for io_device, event_mask in events:
-                self.handle_io_device_events(io_device, event_mask)
+                try:
+                    self.handle_io_device_events(io_device, event_mask)
+                except Exception:  # a bug must cost one link, never the whole server
+                    live = self._live_key(io_device.fileobj)
+                    self.logger.exception("unexpected error while serving %s", self.describe(live and live.data))
+                    if live is not None and live.data is not None:
+                        self.disconnect(live.data, "unexpected server error")
             if self.held_departures or self.unregistered:
                 self.check_timers()
         finally:
@@ -294,6 +300,8 @@ class CRCServer:
             self.accept_new_connection(io_device)
             return
         link: BaseConnectionData = io_device.data
+        if link.sock is None:
+            return  # closed earlier in this same turn
         if event_mask & selectors.EVENT_WRITE:
             self.flush(link)
         if event_mask & selectors.EVENT_READ and link.sock is not None and not link.closing:
@@ -504,6 +512,7 @@ class CRCServer:
         host.outbound = link.outbound
         host.write_buffer = link.write_buffer
         host.read_buffer = link.read_buffer
+        link.sock = None  # the socket now belongs to the host's record alone
         host.first_link_id = host.id
         self.unregistered.pop(link, None)
         events = selectors.EVENT_READ | (selectors.EVENT_WRITE if host.write_buffer else 0)

@@ -287,3 +287,23 @@ def test_a_server_reports_quiet_only_when_it_has_nothing_left_to_do(servers):
     reader.send(partial[5:] + b"".join(ClientChatMessage.bytes(10, 10, "x" * 100) for _ in range(20000)))
     wait_for(lambda: a.is_quiet() and reader.wait_for(lambda m: len(m) == 20002, "every echo"),
              "the server to be quiet after it has sent everything")
+
+
+class ServerWithABuggyChatHandler(CRCServer):
+    def handle_client_chat_message(self, io_device, message):
+        raise RuntimeError("a bug in a handler")
+
+
+def test_a_bug_in_a_handler_costs_one_link_and_never_the_server():
+    a = RunningServer(ServerWithABuggyChatHandler, id=1, servername="A", split_hold=0)
+    try:
+        victim = RawPeer.client(a.port, 10, "victim")
+        victim.wait_for(lambda m: m, "welcome")
+        victim.send(ClientChatMessage.bytes(10, 10, "boom"))
+        victim.wait_closed()
+        assert a.thread.is_alive(), "the server thread died"
+        survivor = RawPeer.client(a.port, 11, "survivor")
+        survivor.wait_for(lambda m: m, "a welcome from the server that is still running")
+        wait_for(lambda: set(a.hosts_db) == {11}, "the victim's departure to be processed")
+    finally:
+        a.stop()
