@@ -655,11 +655,13 @@ def _points(value: float) -> str:
 
 def print_table(results: List[CaseResult]) -> None:
     width = max([len(result.name) for result in results] + [4])
+    family_width = max([len(result.family) for result in results] + [6])
     print()
-    print(f"{'Test':<{width}}  Result  Points  Time")
+    print(f"{'Test':<{width}}  {'Family':<{family_width}}  Result  Points  Time")
     for result in results:
         points = f"{_points(result.score)}/{_points(result.weight)}"
-        print(f"{result.name:<{width}}  {'PASS' if result.passed else 'FAIL':<6}  {points:>6}  {result.seconds:5.1f} s")
+        print(f"{result.name:<{width}}  {result.family or '-':<{family_width}}  {'PASS' if result.passed else 'FAIL':<6}"
+              f"  {points:>6}  {result.seconds:5.1f} s")
     passed = sum(result.passed for result in results)
     total = sum(result.weight for result in results)
     score = sum(result.score for result in results)
