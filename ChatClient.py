@@ -65,7 +65,7 @@ class CRCClient:
         self.connected = False
         self.disconnect_reason: Optional[str] = None  # why the listener stopped
         self.on_event: Optional[EventHook] = None
-        self._busy_turns = 0  # odd while the listener is handling a chunk; see is_quiet()
+        self.busy_turns = 0  # counts chunks handled; odd while the listener is handling one (see is_quiet)
         self._decoder = StreamDecoder()
 
         self._socket: Optional[socket.socket] = None
@@ -114,7 +114,7 @@ class CRCClient:
     def is_quiet(self) -> bool:
         """True when nothing more is on its way to this client as far as it can tell: it has been
         answered (welcomed or refused) and has nothing unread, not even part of a message. Safe to call from another thread."""
-        turn = self._busy_turns
+        turn = self.busy_turns
         if not self.connected:
             return True
         if turn % 2 or not self.status_updates_log or self._decoder.pending or self._socket is None:
@@ -123,7 +123,7 @@ class CRCClient:
             ready = select.select([self._socket], [], [], 0)[0]
         except (OSError, ValueError):
             return not self.connected
-        return not ready and self._busy_turns == turn
+        return not ready and self.busy_turns == turn
 
     def stop(self, timeout: float = 2.0) -> None:
         """Ask the listener to close the connection and wait for it."""
@@ -153,11 +153,11 @@ class CRCClient:
             while not self.request_terminate:
                 if not selector.select(POLL_SECONDS):
                     continue
-                self._busy_turns += 1
+                self.busy_turns += 1
                 try:
                     problem = self._receive()
                 finally:
-                    self._busy_turns += 1
+                    self.busy_turns += 1
                 if problem:
                     reason = problem
                     break

@@ -143,7 +143,8 @@ class CRCServer:
         # Lost links whose hosts are held until the hold-down ends: link id -> (deadline, link).
         self.held_departures: Dict[int, Tuple[float, HostData]] = {}
         self.unregistered: Dict[BaseConnectionData, float] = {}  # link -> when it opened
-        self.busy_turns = 0  # odd while the loop is handling events; see is_quiet()
+        self.serving = False  # True from the first loop turn (after joining a network) until cleanup
+        self.busy_turns = 0  # counts the loop's busy turns; odd while it is handling events (see is_quiet)
 
         self.logger = self._make_logger(getattr(options, "log_file", None), getattr(options, "verbose", False))
         self._handlers: Dict[int, Callable] = {
@@ -173,10 +174,12 @@ class CRCServer:
         self.setup_server_socket()
         if self.connect_to_port:
             self.connect_to_server()
+        self.serving = True
         try:
             while not self.request_terminate:
                 self.check_IO_devices_for_messages()
         finally:
+            self.serving = False
             self.cleanup()
 
     def setup_server_socket(self) -> None:
@@ -208,6 +211,8 @@ class CRCServer:
 
     def check_IO_devices_for_messages(self) -> None:
         events = self.sel.select(timeout=SELECT_TIMEOUT)
+        if not events and not self.held_departures and not self.unregistered:
+            return  # an idle turn: nothing to count
         self.busy_turns += 1
         try:
             for io_device, event_mask in events:
@@ -226,9 +231,11 @@ class CRCServer:
     def is_quiet(self) -> bool:
         """True when this server has nothing left to do: no unsent output, no partial frame, nothing to
         read or accept. Safe to call from another thread (a test manager's), which is why it reads the
-        loop's turn counter before and after looking, and answers False when in doubt."""
+        loop's turn counter before and after looking, and answers False when in doubt. A caller that
+        checks several machines one after another should check them all twice and compare each one's
+        `busy_turns`, so that it does not miss a message passed between two of them meanwhile."""
         turn = self.busy_turns
-        if turn % 2 or not self.listening:
+        if turn % 2 or not self.serving:
             return False
         try:
             keys = list(self.sel.get_map().values())
