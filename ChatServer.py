@@ -92,6 +92,7 @@ class BaseConnectionData:
         self.sock: Optional[socket.socket] = None  # None for a machine that is not adjacent
         self.outbound = False  # True for the link this server opened to join a network
         self.closing = False  # set once the link is to close as soon as its output is flushed
+        self.want_write = False  # whether the selector watches this socket for writability
 
 
 class ServerConnectionData(BaseConnectionData):
@@ -101,6 +102,7 @@ class ServerConnectionData(BaseConnectionData):
         self.server_name = server_name
         self.server_info = server_info
         self.first_link_id: Optional[int] = None  # the adjacent server this machine is reached through
+        self.registration = b""  # its registration as this server sends it on (our id as last hop)
 
 
 class ClientConnectionData(BaseConnectionData):
@@ -110,6 +112,7 @@ class ClientConnectionData(BaseConnectionData):
         self.client_name = client_name
         self.client_info = client_info
         self.first_link_id: Optional[int] = None
+        self.registration = b""
 
 
 HostData = Union[ServerConnectionData, ClientConnectionData]
@@ -145,6 +148,10 @@ class CRCServer:
         self.unregistered: Dict[BaseConnectionData, float] = {}  # link -> when it opened
         self.serving = False  # True from the first loop turn (after joining a network) until cleanup
         self.busy_turns = 0  # counts the loop's busy turns; odd while it is handling events (see is_quiet)
+        self.to_flush: List[BaseConnectionData] = []  # links given output this turn, sent at its end
+        # Chats take a fast path that forwards their bytes without building message objects, unless
+        # a subclass (a course's tester, say) has its own chat handler that must see every chat.
+        self.forwards_chats_fast = type(self).handle_client_chat_message is CRCServer.handle_client_chat_message
 
         self.logger = self._make_logger(getattr(options, "log_file", None), getattr(options, "verbose", False))
         self._handlers: Dict[int, Callable] = {
@@ -206,7 +213,10 @@ class CRCServer:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         link = self.open_link(sock)
         link.outbound = True
-        self.send(link, ServerRegistrationMessage.bytes(self.id, 0, self.server_name, self.server_info))
+        # Our registration leaves on the loop's first write event, through handle_io_device_events,
+        # where a connectivity tester that wraps that method can see it go.
+        link.write_buffer += ServerRegistrationMessage.bytes(self.id, 0, self.server_name, self.server_info)
+        self.watch_writable(link, True)
         self.logger.info("connected to %s:%s and sent our registration", host, self.connect_to_port)
 
     def check_IO_devices_for_messages(self) -> None:
@@ -225,6 +235,7 @@ class CRCServer:
                         self.disconnect(live.data, "unexpected server error")
             if self.held_departures or self.unregistered:
                 self.check_timers()
+            self.flush_turn_output()
         finally:
             self.busy_turns += 1
 
@@ -327,41 +338,66 @@ class CRCServer:
     def handle_messages(self, io_device: selectors.SelectorKey, recv_data: bytes) -> None:
         """Append a received chunk to the link's buffer and handle every whole frame in it."""
         sock = io_device.fileobj
-        buffer = io_device.data.read_buffer
-        buffer += recv_data
+        link: BaseConnectionData = io_device.data
+        link.read_buffer += recv_data
+        data = bytes(link.read_buffer)  # one copy per chunk; frames are cut from it
         frames: List[bytes] = []
         offset = 0
         problem = None
         try:
-            while offset < len(buffer):
-                length = frame_length(buffer, offset)
+            while offset < len(data):
+                length = frame_length(data, offset)
                 if length is not None and length > self.max_frame_size:
                     raise ProtocolViolation(f"a frame declares {length} bytes; the limit is {self.max_frame_size}")
-                if length is None or offset + length > len(buffer):
+                if length is None or offset + length > len(data):
                     break
-                frames.append(bytes(buffer[offset:offset + length]))
+                frames.append(data[offset:offset + length])
                 offset += length
         except ProtocolViolation as error:
-            problem = error
-        del buffer[:offset]
+            problem = str(error)
+        del link.read_buffer[:offset]
         for frame in frames:
-            key = self._live_key(sock)
-            if key is None or key.data.closing:
+            if link.sock is None or link.closing:
                 return  # the link closed while earlier frames were handled
+            if self.forwards_chats_fast and frame[0] == CLIENT_CHAT and self.forward_chat(link, frame):
+                continue
             try:
                 (message,) = MessageParser.parse_messages(frame)
             except Exception as error:  # the course's parser may raise anything on bad bytes
-                self.protocol_error(key.data, f"malformed message of type 0x{frame[0]:02x}: {error}")
-                return
+                problem = f"malformed message of type 0x{frame[0]:02x}: {error}"
+                break
             try:
-                self._handlers[message.message_type](key, message)
+                self._handlers[message.message_type](self.sel.get_key(sock), message)
             except ProtocolViolation as error:
-                self.protocol_error(key.data, str(error))
+                problem = str(error)
+                break
+            key = self._live_key(sock)  # a registration replaces the link's record
+            if key is None:
                 return
-        if problem is not None:
-            key = self._live_key(sock)
-            if key is not None:
-                self.protocol_error(key.data, str(problem))
+            link = key.data
+        if problem is not None and link.sock is not None:
+            self.protocol_error(link, problem)
+
+    def forward_chat(self, link: BaseConnectionData, frame: bytes) -> bool:
+        """Forward an ordinary chat as the bytes that came, without parsing it into an object. Anything
+        unusual (an unknown or lying source, an unknown destination, bad UTF-8) returns False and takes
+        the full path through handle_client_chat_message, which knows what to answer."""
+        source = int.from_bytes(frame[1:5], "big")
+        sender = self.hosts_db.get(source)
+        if sender is None or sender.first_link_id != getattr(link, "id", None) or self.hosts_db.get(link.id) is not link:
+            return False
+        target = self.hosts_db.get(int.from_bytes(frame[5:9], "big"))
+        if type(target) is not ClientConnectionData:
+            return False
+        next_link = self.hosts_db.get(target.first_link_id)
+        if next_link is None or next_link.sock is None:
+            return False
+        try:
+            frame[13:].decode("utf-8")
+        except UnicodeDecodeError:
+            return False
+        self.send(next_link, frame)
+        return True
 
     def _live_key(self, sock: socket.socket) -> Optional[selectors.SelectorKey]:
         try:
@@ -372,31 +408,45 @@ class CRCServer:
     # ------------------------------------------------------------------------------ sending
 
     def send(self, link: BaseConnectionData, frame: bytes) -> None:
-        """Queue a frame on an adjacent link; it leaves when the socket is writable."""
+        """Queue a frame on an adjacent link. It leaves at the end of this loop turn, together with
+        everything else the turn gives that link, in as few system calls as the socket allows."""
         if link.sock is None or link.closing:
             return
         if len(link.write_buffer) + len(frame) > self.max_output:
             self.disconnect(link, f"more than {self.max_output} bytes of output waiting: the peer stopped reading")
             return
         if not link.write_buffer:
-            self.sel.modify(link.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, link)
+            self.to_flush.append(link)
         link.write_buffer += frame
 
+    def flush_turn_output(self) -> None:
+        for link in self.to_flush:
+            if link.sock is not None and link.write_buffer and not link.want_write:
+                self.flush(link)
+        self.to_flush.clear()
+
     def flush(self, link: BaseConnectionData) -> None:
+        """Send what the socket takes now; watch for writability only while something is left."""
         try:
             sent = link.sock.send(link.write_buffer)
         except (BlockingIOError, InterruptedError):
-            return
+            sent = 0
         except OSError as error:
             self.disconnect(link, f"send failed: {error}")
             return
         del link.write_buffer[:sent]
         if link.write_buffer:
-            return
-        if link.closing:
+            self.watch_writable(link, True)
+        elif link.closing:
             self.disconnect(link, "closed after its last message was sent")
         else:
-            self.sel.modify(link.sock, selectors.EVENT_READ, link)
+            self.watch_writable(link, False)
+
+    def watch_writable(self, link: BaseConnectionData, wanted: bool) -> None:
+        if link.want_write != wanted:
+            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if wanted else 0)
+            self.sel.modify(link.sock, events, link)
+            link.want_write = wanted
 
     def send_to_host(self, host_id: int, frame: bytes) -> None:
         """Send toward any known machine, over the adjacent link that leads to it."""
@@ -519,11 +569,13 @@ class CRCServer:
         host.outbound = link.outbound
         host.write_buffer = link.write_buffer
         host.read_buffer = link.read_buffer
+        host.want_write = link.want_write
         link.sock = None  # the socket now belongs to the host's record alone
         host.first_link_id = host.id
         self.unregistered.pop(link, None)
-        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if host.write_buffer else 0)
-        self.sel.modify(host.sock, events, host)
+        self.sel.modify(host.sock, selectors.EVENT_READ | (selectors.EVENT_WRITE if host.want_write else 0), host)
+        if host.write_buffer and not host.want_write:
+            self.to_flush.append(host)  # the old record is in the list, but its socket is the host's now
         self.hosts_db[host.id] = host
 
     def known(self, host_id: int) -> bool:

@@ -356,7 +356,8 @@ def test_a_live_server_survives_any_bytes(fuzz_server, chunks, register_first):
         except OSError:
             break  # the server already hung up on it
     peer.close()
-    wait_for(lambda: 77 not in server.hosts_db and not server.unregistered, "the fuzzer's traces to be gone")
+    wait_for(lambda: server.is_quiet() and 77 not in server.hosts_db and not server.unregistered
+             and not server.held_departures, "the fuzzer's traces to be gone")
     watcher.send(ClientChatMessage.bytes(10, 10, "ping"))
     watcher.wait_for(lambda m: any(getattr(x, "content", "") == "ping" for x in m), "the server to still serve")
     watcher.messages.clear()
