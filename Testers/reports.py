@@ -1,0 +1,83 @@
+"""Results files for other tools: Gradescope's autograder results.json, and JUnit XML for CI.
+
+Both take the manager's CaseResults (anything with name, passed, score, weight, seconds, family and
+output) in case order.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import xml.etree.ElementTree as ElementTree
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Dict, List, Sequence
+
+# XML 1.0 cannot carry these at all, not even escaped; a submission's status text might hold one.
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+
+
+def gradescope_results(results: Sequence[Any], seconds: float, visibility: str = "visible") -> Dict[str, Any]:
+    """The autograder results format: a test per case with its points, and the explanation and drawing
+    of a failure as its output (Gradescope shows it in a <pre> block, so the drawing keeps its shape)."""
+    score = sum(result.score for result in results)
+    total = sum(result.weight for result in results)
+    passed = sum(result.passed for result in results)
+    tests: List[Dict[str, Any]] = []
+    for result in results:
+        verdict = "passed" if result.passed else "failed"
+        tests.append({
+            "name": result.name,
+            "score": result.score,
+            "max_score": result.weight,
+            "status": verdict,
+            "output": f"{verdict} in {result.seconds:.1f} s\n" + ("" if result.passed else result.output),
+            "tags": [result.family] if result.family else [],
+            "visibility": visibility,
+        })
+    return {
+        "score": score,
+        "execution_time": round(seconds, 1),
+        "output": f"{passed} of {len(results)} tests passed; {score:g} of {total:g} points",
+        "visibility": visibility,
+        "stdout_visibility": "hidden",  # the run's console output repeats what the tests say
+        "test_output_format": "text",
+        "tests": tests,
+    }
+
+
+def write_gradescope(path: Path, results: Sequence[Any], seconds: float) -> None:
+    Path(path).write_text(json.dumps(gradescope_results(results, seconds), indent=2) + "\n", encoding="utf-8")
+
+
+def _xml_text(text: str) -> str:
+    return _NOT_XML.sub("\ufffd", text)
+
+
+def junit_xml(results: Sequence[Any], seconds: float, suite_name: str = "CRC scenarios") -> str:
+    """A <testsuites> document with one <testsuite> and a <testcase> per case; a failed case has a
+    <failure> whose message is the first line of the explanation and whose text is all of it."""
+    failures = sum(not result.passed for result in results)
+    suites = ElementTree.Element("testsuites", name=suite_name, tests=str(len(results)), failures=str(failures),
+                                 errors="0", time=f"{seconds:.3f}")
+    suite = ElementTree.SubElement(suites, "testsuite", {
+        "name": suite_name, "tests": str(len(results)), "failures": str(failures), "errors": "0", "skipped": "0",
+        "time": f"{seconds:.3f}", "timestamp": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"),
+        "hostname": socket.gethostname(),
+    })
+    for result in results:
+        family = re.sub(r"\W+", "_", result.family).strip("_") if result.family else "cases"
+        case = ElementTree.SubElement(suite, "testcase", name=result.name, classname=f"crc.{family}",
+                                      time=f"{result.seconds:.3f}")
+        if not result.passed:
+            output = _xml_text(result.output)
+            failure = ElementTree.SubElement(case, "failure", message=output.splitlines()[0] if output else "failed",
+                                             type="AssertionError")
+            failure.text = output
+    ElementTree.indent(suites)
+    return ElementTree.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"
+
+
+def write_junit(path: Path, results: Sequence[Any], seconds: float) -> None:
+    Path(path).write_text(junit_xml(results, seconds), encoding="utf-8")

@@ -1,0 +1,368 @@
+"""The test manager's own features: quiet waits (and when a WAIT must take its full time), parallel
+workers with their own ports, the drawing of a failed network, the Gradescope and JUnit results files,
+lenient top-level keys, and the demo."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import xml.etree.ElementTree as ElementTree
+from pathlib import Path
+from typing import Any, Dict, List
+
+
+import ChatTestManager as manager
+from Testers.drawing import MachineView, draw_network
+from Testers.ports import PortBlock, port_block
+from Testers.reports import junit_xml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write_case(folder: Path, name: str, commands: List[str], final_state: Dict[str, Any], **extra: Any) -> Path:
+    path = folder / f"{name}.cfg"
+    path.write_text(json.dumps({"type": "CRC_functionality", "commands": commands, "final_state": final_state,
+                                **extra}))
+    return path
+
+
+def chat_case(wait: float) -> List[str]:
+    """Two servers, two clients, a chat: every step followed by a WAIT of `wait` seconds."""
+    return [
+        "LAUNCHSERVER --id 1 --servername oak --port 4100 --info root",
+        f"WAIT {wait}",
+        "LAUNCHSERVER --id 2 --servername elm --port 4101 --connect_to_host localhost --connect_to_port 4100",
+        f"WAIT {wait}",
+        "LAUNCHCLIENT --id 11 --serverhost localhost --serverport 4100 --username ada",
+        f"WAIT {wait}",
+        "LAUNCHCLIENT --id 12 --serverhost localhost --serverport 4101 --username bob",
+        f"WAIT {wait}",
+        'CLIENTCOMMAND --username ada --command MESSAGE 12 "hi bob"',
+        f"WAIT {wait}",
+        "KILL ALL",
+    ]
+
+
+CHAT_STATE = {
+    "oak": {"hosts_db": [2, 11, 12], "adjacent_server_ids": [2], "adjacent_user_ids": [11]},
+    "elm": {"hosts_db": [1, 11, 12], "adjacent_server_ids": [1], "adjacent_user_ids": [12]},
+    "bob": {"connected_user_ids": [11], "chat_messages_log": ['"hi bob"']},
+}
+
+
+def logged_waits(log: Path) -> List[tuple]:
+    """(took, asked, why) for every WAIT line of a case's log."""
+    return [(float(took), float(asked), why) for took, asked, why
+            in re.findall(r"waited ([\d.]+) s of ([\d.]+) s: (.*)", log.read_text())]
+
+
+def run_command_line(*arguments: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "ChatTestManager.py"), *arguments],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+# ---------------------------------------------------------------------------------------------
+# Quiet waits
+
+def test_a_wait_ends_as_soon_as_the_network_is_quiet(tmp_path: Path) -> None:
+    case = write_case(tmp_path, "patient", chat_case(30), CHAT_STATE)
+    result = manager.run_case(case, manager.Settings(logs_dir=tmp_path / "Logs"))
+    assert result.passed, result.explanation
+    waits = logged_waits(tmp_path / "Logs" / "patient.log")
+    assert len(waits) == 5, f"expected a log line for each of the 5 WAITs, found {waits}"
+    for took, asked, why in waits:
+        assert asked == 30 and took < asked and why == "the network was quiet", \
+            f"expected each WAIT 30 to end early because the network was quiet, the log says {waits}"
+    assert [round(record.took, 3) for record in result.waits] == [took for took, _, _ in waits], \
+        f"the result's WAIT records {result.waits} differ from the log's {waits}"
+
+
+def test_a_wait_takes_its_full_time_while_the_network_is_not_quiet(tmp_path: Path) -> None:
+    # A connectivity case's servers act on nothing they receive, so a client there is never welcomed:
+    # it keeps waiting for an answer and never says it is quiet.
+    case = write_case(tmp_path, "unanswered", [
+        "LAUNCHSERVER --id 1 --servername oak --port 4100",
+        "WAIT 0.1",
+        "LAUNCHCLIENT --id 11 --serverhost localhost --serverport 4100 --username ada",
+        "WAIT 0.3",
+        "KILL ALL",
+    ], {"ada": {"status_updates_log": []}}, type="network_connectivity")
+    result = manager.run_case(case, manager.Settings(logs_dir=tmp_path / "Logs"))
+    assert result.passed, result.explanation
+    assert [record.why for record in result.waits] == ["the network was quiet", "the time ran out"], result.waits
+    assert result.waits[1].took >= 0.3, f"the second WAIT ended before its 0.3 s: {result.waits[1]}"
+
+
+def test_after_one_machine_is_stopped_waits_take_their_full_time(tmp_path: Path) -> None:
+    # Its server now holds ada's departure on a timer, which quiet cannot see: a WAIT past the
+    # hold-down must still see the departure happen, as with the course's fixed waits.
+    case = write_case(tmp_path, "departure", [
+        "LAUNCHSERVER --id 1 --servername oak --port 4100",
+        "WAIT 0.2",
+        "LAUNCHCLIENT --id 11 --serverhost localhost --serverport 4100 --username ada",
+        "WAIT 0.2",
+        "KILL ada",
+        "WAIT 0.2",
+        "KILL ALL",
+    ], {"oak": {"adjacent_user_ids": [11]}})
+    result = manager.run_case(case, manager.Settings(logs_dir=tmp_path / "Logs"))
+    assert result.passed, result.explanation
+    whys = [record.why for record in result.waits]
+    assert whys[:2] == ["the network was quiet"] * 2 and "ada was stopped" in whys[2], whys
+    assert result.waits[2].took >= 0.2, f"the WAIT after KILL ada ended before its 0.2 s: {result.waits[2]}"
+
+
+MUTE_SERVER_NOTE = "cannot say whether it is quiet"
+
+
+def mute_server(folder: Path) -> Path:
+    """Our server without is_quiet(), as a submission written for the course's kit would be."""
+    source = (ROOT / "ChatServer.py").read_text(encoding="utf-8")
+    assert "def is_quiet(" in source
+    path = folder / "mute" / "ChatServer.py"
+    path.parent.mkdir()
+    path.write_text(source.replace("def is_quiet(", "def _not_offered("), encoding="utf-8")
+    return path
+
+
+def test_a_server_that_cannot_say_it_is_quiet_gets_every_wait_in_full(tmp_path: Path) -> None:
+    case = write_case(tmp_path, "mute", chat_case(0.2), CHAT_STATE)
+    result = manager.run_case(case, manager.Settings(server_path=mute_server(tmp_path), logs_dir=tmp_path / "Logs"))
+    assert result.passed, result.explanation
+    waits = logged_waits(tmp_path / "Logs" / "mute.log")
+    assert len(waits) == 5 and all(took >= asked and MUTE_SERVER_NOTE in why for took, asked, why in waits), \
+        f"expected every WAIT to take its full 0.2 s because the server has no is_quiet(); the log says {waits}"
+
+
+def test_strict_waits_give_every_wait_its_full_time(tmp_path: Path) -> None:
+    case = write_case(tmp_path, "strict", chat_case(0.2), CHAT_STATE)
+    result = manager.run_case(case, manager.Settings(strict_waits=True, logs_dir=tmp_path / "Logs"))
+    assert result.passed, result.explanation
+    waits = logged_waits(tmp_path / "Logs" / "strict.log")
+    assert len(waits) == 5 and all(took >= asked and "--strict-waits" in why for took, asked, why in waits), \
+        f"expected every WAIT to take its full 0.2 s under --strict-waits; the log says {waits}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Parallel workers and their ports
+
+def test_port_blocks_of_different_workers_never_overlap() -> None:
+    for slots in (1, 2, 3, 8, 64):
+        blocks = [port_block(slot, slots) for slot in range(slots)]
+        for block in blocks:
+            assert 1024 < block.low < block.high <= 65536 and block.low <= block.next < block.high, repr(block)
+        for first, second in zip(blocks, blocks[1:]):
+            assert first.high <= second.low, f"with {slots} workers, blocks {first!r} and {second!r} overlap"
+
+
+def test_a_port_block_walks_on_and_skips_ports_in_use() -> None:
+    block = PortBlock(20000, 20010)
+    block.next = 20008
+    taken = {20009}
+    assert block.take(taken) == 20008, "the first free port from where the walk stands"
+    assert block.take(taken) == 20000, "20009 is taken, so the walk wraps to the start of the block"
+    ports = {block.take(set()) for _ in range(9)}
+    assert ports <= set(range(20000, 20010)), f"a block handed out a port outside itself: {sorted(ports)}"
+
+
+def parallel_cases(folder: Path) -> None:
+    """Four cases, two of them expecting what does not happen; WAITs in full (the server cannot say it
+    is quiet), so that each case lasts long enough for the second worker to take the next one."""
+    for name, user in (("1_good", 11), ("2_bad", 99), ("3_good", 11), ("4_bad", 98)):
+        write_case(folder, name, [
+            "LAUNCHSERVER --id 1 --servername oak --port 4100",
+            "WAIT 0.2",
+            "LAUNCHCLIENT --id 11 --serverhost localhost --serverport 4100 --username ada",
+            "WAIT 1.5",
+            "KILL ALL",
+        ], {"oak": {"adjacent_user_ids": [user]}}, weight=2)
+
+
+def test_two_workers_run_cases_side_by_side_each_with_its_own_ports(tmp_path: Path) -> None:
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    parallel_cases(cases)
+    logs = tmp_path / "Logs"
+    run = run_command_line("-j", "2", "--cases", str(cases), "--logs", str(logs), "--server", str(mute_server(tmp_path)))
+    assert run.returncode == 1, f"expected exit status 1 after failures, got {run.returncode}:\n{run.stdout}{run.stderr}"
+    finished = [line.split()[:2] for line in run.stdout.splitlines() if re.match(r"(PASS|FAIL)  \S+  \(", line)]
+    assert sorted(finished) == [["FAIL", "2_bad"], ["FAIL", "4_bad"], ["PASS", "1_good"], ["PASS", "3_good"]], run.stdout
+    table = run.stdout[run.stdout.index("\nTest "):].splitlines()[2:6]
+    assert [row.split()[0] for row in table] == ["1_good", "2_bad", "3_good", "4_bad"], "the table is in case order"
+    assert run.stdout.splitlines()[-1] == "Score: 4/8; 2 of 4 tests passed", run.stdout
+    assert "oak.adjacent_user_ids: expected 1 item(s) [99]" in run.stdout, run.stdout
+
+    workers: Dict[str, tuple] = {}  # pid -> its port block
+    used: Dict[int, str] = {}  # port -> the case that used it
+    for log in sorted(logs.glob("*.log")):
+        text = log.read_text()
+        pid, low, high = re.search(r"worker   process (\d+), port block (\d+)-(\d+)", text).groups()
+        assert workers.setdefault(pid, (int(low), int(high))) == (int(low), int(high))
+        ports = [int(port) for port in re.findall(r": (\d+)", re.search(r"ports    (\{.*\})", text).group(1))]
+        for port in ports:
+            assert int(low) <= port <= int(high), f"{log.stem} used port {port}, outside its worker's block {low}-{high}"
+            assert port not in used, f"port {port} was used by both {used.get(port)} and {log.stem}"
+            used[port] = log.stem
+    assert len(workers) == 2, f"expected the cases to be spread over 2 worker processes, saw {workers}"
+    (first_low, first_high), (second_low, second_high) = sorted(workers.values())
+    assert first_high < second_low, f"the two workers' port blocks overlap: {sorted(workers.values())}"
+
+
+def test_keep_ports_runs_one_case_at_a_time(tmp_path: Path) -> None:
+    # Cases as written share ports (all of ours start at 7017), so they cannot run side by side.
+    cases = tmp_path / "cases"
+    cases.mkdir()
+    for name in ("1_a", "2_b"):
+        write_case(cases, name, ["LAUNCHSERVER --id 1 --servername oak --port 0", "WAIT 0.1", "KILL ALL"],
+                   {"oak": {"hosts_db": []}})
+    run = run_command_line("-j", "2", "--keep-ports", "--cases", str(cases), "--logs", str(tmp_path / "Logs"))
+    assert run.returncode == 0, run.stdout + run.stderr
+    pids = {re.search(r"worker   process (\d+)", log.read_text()).group(1) for log in (tmp_path / "Logs").glob("*.log")}
+    assert len(pids) == 1, f"expected both cases in one process, saw processes {pids}"
+
+
+# ---------------------------------------------------------------------------------------------
+# The drawing of a failed network
+
+def test_a_failure_draws_the_network_naming_missing_and_extra_items(tmp_path: Path) -> None:
+    wrong = dict(CHAT_STATE, oak={"hosts_db": [2, 11, 99], "adjacent_server_ids": [2], "adjacent_user_ids": [11]},
+                 bob={"connected_user_ids": [11, 13]})
+    case = write_case(tmp_path, "wrong", chat_case(0.3), wrong)
+    result = manager.run_case(case, manager.Settings(logs_dir=tmp_path / "Logs"))
+    assert not result.passed
+    assert result.drawing.split("\n\n", 1)[1] == """\
+oak (1)   <-- not as expected
+|   links    elm (2)
+|   clients  ada (11)
+|   hosts    elm (2), ada (11), bob (12)
+|            missing: 99; extra: bob (12)
+|-- client ada (11)
+|       knows    bob (12)
+`-- elm (2)
+    |   links    oak (1)
+    |   clients  bob (12)
+    |   hosts    oak (1), ada (11), bob (12)
+    `-- client bob (12)   <-- not as expected
+            knows    ada (11)
+                     missing: 13""", result.drawing
+    assert result.drawing in (tmp_path / "Logs" / "wrong.log").read_text(), "the log lacks the drawing"
+    assert manager.run_case(write_case(tmp_path, "right", chat_case(0.3), CHAT_STATE),
+                            manager.Settings(logs_dir=tmp_path / "Logs")).drawing == "", "a passing case has no drawing"
+
+
+def test_the_drawing_fits_100_columns_and_shows_every_server_once() -> None:
+    servers = [MachineView(f"server{n}", "server", 4000000000 + n, f"server{(n - 1) // 2}" if n > 1 else None)
+               for n in range(1, 12)]
+    ids = [view.id for view in servers]
+    clients = [MachineView(f"client{n}", "client", 4100000000 + n, f"server{n}", {"connected_user_ids": []})
+               for n in range(1, 9)]
+    all_ids = ids + [client.id for client in clients]
+    for view in servers:
+        neighbours = [other.id for other in servers if other.attached_to == view.name or view.attached_to == other.name]
+        view.seen = {"adjacent_server_ids": neighbours, "adjacent_user_ids": [], "hosts_db": [i for i in all_ids if i != view.id]}
+        view.expected = {"hosts_db": [i for i in all_ids if i != view.id] + [7]}
+    drawing = draw_network(servers + clients).splitlines()
+    assert max(len(line) for line in drawing) <= 100, "\n".join(line for line in drawing if len(line) > 100)
+    headers = [line for line in drawing if re.search(r"server\d+ \(\d+\)( |$)", line) and "hosts" not in line
+               and "links" not in line and "missing" not in line and "client " not in line]
+    assert len(headers) == 11, "expected each of the 11 servers drawn once:\n" + "\n".join(drawing)
+    assert sum("missing: 7" in line for line in drawing) == 11, "\n".join(drawing)
+
+
+def test_the_drawing_shows_servers_that_are_not_linked_and_clients_without_a_server() -> None:
+    views = [
+        MachineView("ash", "server", 201, None, {"adjacent_server_ids": [], "hosts_db": []}, {"adjacent_server_ids": [202]}),
+        MachineView("fir", "server", 202, "ash", {"adjacent_server_ids": [], "hosts_db": []}),
+        MachineView("rogue", "server", 201, "fir", {"adjacent_server_ids": [], "hosts_db": []}),
+        MachineView("kim", "client", 9, None, {"connected_user_ids": "<unreadable: no such attribute>"}, {"connected_user_ids": []}),
+    ]
+    drawing = draw_network(views)
+    assert "fir (202)   (not linked to the servers above)" in drawing, drawing
+    assert "rogue (201)   (not linked to the servers above)" in drawing, drawing
+    assert "missing: fir (202)" in drawing, drawing
+    assert "clients on no launched server:\nclient kim (9)   <-- not as expected" in drawing, drawing
+    assert "could not be read" in drawing, drawing
+
+
+# ---------------------------------------------------------------------------------------------
+# Results files
+
+def two_cases(folder: Path) -> None:
+    for name, user, weight in (("1_good", 11, 2), ("2_bad", 99, 3)):
+        write_case(folder, name, [
+            "LAUNCHSERVER --id 1 --servername oak --port 4100",
+            "WAIT 0.3",
+            "LAUNCHCLIENT --id 11 --serverhost localhost --serverport 4100 --username ada",
+            "WAIT 0.3",
+            "KILL ALL",
+        ], {"oak": {"adjacent_user_ids": [user]}}, weight=weight, family="clients")
+
+
+def test_gradescope_results_carry_each_test_its_points_and_the_failure_explained(tmp_path: Path) -> None:
+    two_cases(tmp_path)
+    results = tmp_path / "results.json"
+    run = run_command_line("--cases", str(tmp_path), "--logs", str(tmp_path / "Logs"), "--gradescope", str(results))
+    assert run.returncode == 1, run.stdout + run.stderr
+    data = json.loads(results.read_text())
+    assert data["score"] == 2 and data["visibility"] == "visible" and data["execution_time"] >= 0, data
+    assert [(test["name"], test["score"], test["max_score"], test["status"]) for test in data["tests"]] == \
+        [("1_good", 2, 2, "passed"), ("2_bad", 0, 3, "failed")], data["tests"]
+    for test in data["tests"]:
+        assert test["visibility"] == "visible" and test["tags"] == ["clients"], test
+    bad = data["tests"][1]["output"]
+    assert "oak.adjacent_user_ids: expected 1 item(s) [99]" in bad, bad
+    assert "oak (1)   <-- not as expected" in bad and "missing: 99; extra: ada (11)" in bad, bad
+    assert data["tests"][0]["output"].startswith("passed in "), data["tests"][0]
+
+
+def test_junit_xml_parses_and_has_a_testcase_per_case_with_failures_explained(tmp_path: Path) -> None:
+    two_cases(tmp_path)
+    report = tmp_path / "junit.xml"
+    run = run_command_line("--cases", str(tmp_path), "--logs", str(tmp_path / "Logs"), "--junit", str(report))
+    assert run.returncode == 1, run.stdout + run.stderr
+    root = ElementTree.parse(report).getroot()
+    suite = root.find("testsuite")
+    assert root.tag == "testsuites" and suite is not None
+    assert (suite.get("tests"), suite.get("failures"), suite.get("errors")) == ("2", "1", "0"), suite.attrib
+    cases = suite.findall("testcase")
+    assert [(case.get("name"), case.get("classname")) for case in cases] == \
+        [("1_good", "crc.clients"), ("2_bad", "crc.clients")]
+    assert all(float(case.get("time")) >= 0 for case in cases)
+    assert cases[0].find("failure") is None
+    failure = cases[1].find("failure")
+    assert failure is not None and failure.get("message") == "oak.adjacent_user_ids: expected 1 item(s) [99]", \
+        failure is not None and failure.attrib
+    assert "missing: 99; extra: ada (11)" in failure.text, failure.text
+
+
+def test_junit_xml_stays_well_formed_with_control_characters_in_an_explanation() -> None:
+    result = manager.CaseResult("odd", False, 0.1, ["kim.status_updates_log: found ['\x01\x1b[31m']"], 1, "status")
+    root = ElementTree.fromstring(junit_xml([result], 0.1))
+    assert "\ufffd" in root.find("testsuite/testcase/failure").text
+
+
+# ---------------------------------------------------------------------------------------------
+# Case files and the demo
+
+def test_an_unknown_top_level_key_is_a_warning_in_the_log_not_an_error(tmp_path: Path) -> None:
+    case = write_case(tmp_path, "extra_key", chat_case(0.3), CHAT_STATE, points_possible=10)
+    result = manager.run_case(case, manager.Settings(logs_dir=tmp_path / "Logs"))
+    assert result.passed, result.explanation
+    log = (tmp_path / "Logs" / "extra_key.log").read_text()
+    assert "warning: ignored the unknown top-level key 'points_possible'" in log, log[:800]
+
+
+def test_the_demo_starts_a_network_shows_chats_and_a_quit_and_exits_0() -> None:
+    run = run_command_line("--demo", timeout=60)
+    assert run.returncode == 0, f"expected exit status 0, got {run.returncode}:\n{run.stdout}{run.stderr}"
+    for seen in ("server gamma (id 3) listening on 127.0.0.1:", "joined beta",
+                 "[alice sees] [server] Welcome to the Clemson Relay Chat network alice",
+                 "[carol sees] alice: hi carol, this crosses all three servers",
+                 "[alice sees] carol: hello alice!",
+                 "[alice sees] [server] Unknown ID 999",
+                 "[carol sees] * bob left: see you",
+                 "`-- gamma (3)"):
+        assert seen in run.stdout, f"expected {seen!r} in the demo's output:\n{run.stdout}"
+    assert run.stderr == "", run.stderr
