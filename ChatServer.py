@@ -17,6 +17,7 @@ import random
 import selectors
 import signal
 import socket
+import struct
 import sys
 import time
 from typing import Callable, Dict, List, Optional, Tuple, Union
@@ -61,6 +62,15 @@ _FRAME_LAYOUTS: Dict[int, Tuple[int, Optional[int]]] = {
     CLIENT_QUIT: (9, 5),
 }
 _LAST_HOP = slice(5, 9)  # byte range of the last hop id in a registration frame
+_CHAT_FIELDS = struct.Struct("!III")  # a chat after its type byte: source, destination, content length
+
+
+def _is_utf8(text: bytes) -> bool:
+    try:
+        text.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 class ProtocolViolation(Exception):
@@ -336,68 +346,80 @@ class CRCServer:
             self.handle_messages(io_device, chunk)
 
     def handle_messages(self, io_device: selectors.SelectorKey, recv_data: bytes) -> None:
-        """Append a received chunk to the link's buffer and handle every whole frame in it."""
+        """Append a received chunk to the link's buffer and handle every whole frame in it.
+
+        Ordinary chats take a fast path: checked from their header, then forwarded as the bytes that
+        came, a run of consecutive chats bound for the same link in one piece. Every other frame, and
+        any chat that is not ordinary, is parsed and goes to its handler.
+        """
         sock = io_device.fileobj
         link: BaseConnectionData = io_device.data
-        link.read_buffer += recv_data
-        data = bytes(link.read_buffer)  # one copy per chunk; frames are cut from it
-        frames: List[bytes] = []
+        buffer = link.read_buffer
+        buffer += recv_data
+        data = bytes(buffer)  # one copy per chunk; frames are cut from it
+        end = len(data)
         offset = 0
+        run_link: Optional[BaseConnectionData] = None  # where the chats in data[run_start:offset] go
+        run_start = 0
+        route: Tuple[int, int, Optional[BaseConnectionData]] = (0, 0, None)  # last (source, destination, next link)
         problem = None
         try:
-            while offset < len(data):
+            while offset < end and link.sock is not None and not link.closing:
+                if self.forwards_chats_fast and data[offset] == CLIENT_CHAT and end - offset >= 13:
+                    source, destination, length = _CHAT_FIELDS.unpack_from(data, offset + 1)
+                    frame_end = offset + 13 + length
+                    if frame_end > end and 13 + length <= self.max_frame_size:
+                        break  # wait for the rest of this chat
+                    if route[:2] != (source, destination):
+                        route = (source, destination, self.chat_route(link, source, destination))
+                    next_link = route[2]
+                    if next_link is not None and 13 + length <= self.max_frame_size and _is_utf8(data[offset + 13:frame_end]):
+                        if next_link is not run_link:
+                            if run_link is not None:
+                                self.send(run_link, data[run_start:offset])
+                            run_link, run_start = next_link, offset
+                        offset = frame_end
+                        continue
+                if run_link is not None:
+                    self.send(run_link, data[run_start:offset])
+                    run_link = None
+                route = (0, 0, None)  # a handler may change the network: forget the cached route
                 length = frame_length(data, offset)
                 if length is not None and length > self.max_frame_size:
                     raise ProtocolViolation(f"a frame declares {length} bytes; the limit is {self.max_frame_size}")
-                if length is None or offset + length > len(data):
+                if length is None or offset + length > end:
                     break
-                frames.append(data[offset:offset + length])
+                frame = data[offset:offset + length]
                 offset += length
+                try:
+                    (message,) = MessageParser.parse_messages(frame)
+                except Exception as error:  # the course's parser may raise anything on bad bytes
+                    raise ProtocolViolation(f"malformed message of type 0x{frame[0]:02x}: {error}") from None
+                self._handlers[message.message_type](self.sel.get_key(sock), message)
+                key = self._live_key(sock)  # a registration replaces the link's record
+                if key is None:
+                    break
+                link = key.data
         except ProtocolViolation as error:
             problem = str(error)
-        del link.read_buffer[:offset]
-        for frame in frames:
-            if link.sock is None or link.closing:
-                return  # the link closed while earlier frames were handled
-            if self.forwards_chats_fast and frame[0] == CLIENT_CHAT and self.forward_chat(link, frame):
-                continue
-            try:
-                (message,) = MessageParser.parse_messages(frame)
-            except Exception as error:  # the course's parser may raise anything on bad bytes
-                problem = f"malformed message of type 0x{frame[0]:02x}: {error}"
-                break
-            try:
-                self._handlers[message.message_type](self.sel.get_key(sock), message)
-            except ProtocolViolation as error:
-                problem = str(error)
-                break
-            key = self._live_key(sock)  # a registration replaces the link's record
-            if key is None:
-                return
-            link = key.data
+        if run_link is not None:
+            self.send(run_link, data[run_start:offset])
+        del buffer[:offset]
         if problem is not None and link.sock is not None:
             self.protocol_error(link, problem)
 
-    def forward_chat(self, link: BaseConnectionData, frame: bytes) -> bool:
-        """Forward an ordinary chat as the bytes that came, without parsing it into an object. Anything
-        unusual (an unknown or lying source, an unknown destination, bad UTF-8) returns False and takes
-        the full path through handle_client_chat_message, which knows what to answer."""
-        source = int.from_bytes(frame[1:5], "big")
+    def chat_route(self, link: BaseConnectionData, source: int, destination: int) -> Optional[BaseConnectionData]:
+        """The link an ordinary chat goes on: the sender is reached through the link it came on (so a
+        client speaks for itself), and the destination is a known client with an open link toward it.
+        None for anything else, which handle_client_chat_message then deals with."""
         sender = self.hosts_db.get(source)
         if sender is None or sender.first_link_id != getattr(link, "id", None) or self.hosts_db.get(link.id) is not link:
-            return False
-        target = self.hosts_db.get(int.from_bytes(frame[5:9], "big"))
+            return None
+        target = self.hosts_db.get(destination)
         if type(target) is not ClientConnectionData:
-            return False
+            return None
         next_link = self.hosts_db.get(target.first_link_id)
-        if next_link is None or next_link.sock is None:
-            return False
-        try:
-            frame[13:].decode("utf-8")
-        except UnicodeDecodeError:
-            return False
-        self.send(next_link, frame)
-        return True
+        return next_link if next_link is not None and next_link.sock is not None else None
 
     def _live_key(self, sock: socket.socket) -> Optional[selectors.SelectorKey]:
         try:
