@@ -1,7 +1,9 @@
-"""Testers: what runs in place of a plain server for each case type, and the final-state checker.
+"""Testers: what runs in place of a plain server for each case type, and the test manager's parts.
 
 A case's `type` picks how its servers are built from the CRCServer under test:
 `network_connectivity` wraps it in a recorder of raw bytes, `CRC_functionality` uses it unchanged.
+The other modules: checker (final state), quiet (quiet waits), ports (a port block per worker),
+drawing (the network as text), reports (Gradescope and JUnit files) and demo (--demo).
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 import inspect
+import re
 import shutil
 import subprocess
 import sys
@@ -139,3 +140,8 @@ def test_the_whole_scenario_suite_passes_with_only_the_contracts_parser(tmp_path
     first_log = sorted(logs.glob("*.log"))[0].read_text()
     assert f"parser   {submission / 'ChatMessageParser.py'}" in first_log, \
         f"the server did not import the cut-down parser:\n{first_log[:500]}"
+    # Still fast there: its is_quiet() needs nothing beyond the contract, so every WAIT ends on quiet.
+    endings = [ending for log in logs.glob("*.log")
+               for ending in re.findall(r"waited [\d.]+ s of [\d.]+ s: (.*)", log.read_text())]
+    assert endings and set(endings) == {"the network was quiet"}, \
+        f"expected every WAIT to end because the network was quiet, found {sorted(set(endings))}"
