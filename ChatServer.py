@@ -48,6 +48,8 @@ DEFAULT_MAX_FRAME_SIZE = 64 * 1024
 DEFAULT_SPLIT_HOLD = 5.0  # seconds a lost link's hosts stay known before their departure is announced
 DEFAULT_REGISTER_TIMEOUT = 10.0  # seconds a new connection has to register
 DEFAULT_MAX_OUTPUT = 8 * 1024 * 1024  # unsent bytes one connection may pile up before it is dropped
+HIGH_WATER = 1024 * 1024  # a server link with more unsent output pauses the links that feed it ...
+LOW_WATER = 256 * 1024  # ... until it is down to this
 RECEIVE_SIZE = 256 * 1024
 SELECT_TIMEOUT = 0.1  # request_terminate must be noticed within about 0.1 s
 
@@ -103,6 +105,9 @@ class BaseConnectionData:
         self.outbound = False  # True for the link this server opened to join a network
         self.closing = False  # set once the link is to close as soon as its output is flushed
         self.want_write = False  # whether the selector watches this socket for writability
+        self.paused = False  # reading held back: a server link it feeds has too much unsent output
+        self.interest = 0  # the selector events registered for this socket now (0: not registered)
+        self.held_back: List[BaseConnectionData] = []  # links paused until this one's output drains
 
 
 class ServerConnectionData(BaseConnectionData):
@@ -143,6 +148,8 @@ class CRCServer:
         self.split_hold: float = DEFAULT_SPLIT_HOLD if split_hold is None else split_hold
         self.register_timeout: float = getattr(options, "register_timeout", None) or DEFAULT_REGISTER_TIMEOUT
         self.max_output: int = getattr(options, "max_output", None) or DEFAULT_MAX_OUTPUT
+        self.high_water = min(HIGH_WATER, self.max_output // 4)
+        self.low_water = min(LOW_WATER, self.high_water // 4)
         self.announce_departure = False  # set by Ctrl-C or SIGTERM: say goodbye before closing
 
         self.sel = selectors.DefaultSelector()
@@ -159,6 +166,10 @@ class CRCServer:
         self.serving = False  # True from the first loop turn (after joining a network) until cleanup
         self.busy_turns = 0  # counts the loop's busy turns; odd while it is handling events (see is_quiet)
         self.to_flush: List[BaseConnectionData] = []  # links given output this turn, sent at its end
+        self.reading_link: Optional[BaseConnectionData] = None  # whose input the loop is handling
+        self.paused_links: List[BaseConnectionData] = []
+        self.receive_buffer = bytearray(RECEIVE_SIZE)
+        self.receive_view = memoryview(self.receive_buffer)
         # Chats take a fast path that forwards their bytes without building message objects, unless
         # a subclass (a course's tester, say) has its own chat handler that must see every chat.
         self.forwards_chats_fast = type(self).handle_client_chat_message is CRCServer.handle_client_chat_message
@@ -226,7 +237,8 @@ class CRCServer:
         # Our registration leaves on the loop's first write event, through handle_io_device_events,
         # where a connectivity tester that wraps that method can see it go.
         link.write_buffer += ServerRegistrationMessage.bytes(self.id, 0, self.server_name, self.server_info)
-        self.watch_writable(link, True)
+        link.want_write = True
+        self.update_interest(link)
         self.logger.info("connected to %s:%s and sent our registration", host, self.connect_to_port)
 
     def check_IO_devices_for_messages(self) -> None:
@@ -256,7 +268,7 @@ class CRCServer:
         checks several machines one after another should check them all twice and compare each one's
         `busy_turns`, so that it does not miss a message passed between two of them meanwhile."""
         turn = self.busy_turns
-        if turn % 2 or not self.serving:
+        if turn % 2 or not self.serving or self.paused_links:
             return False
         try:
             keys = list(self.sel.get_map().values())
@@ -286,6 +298,8 @@ class CRCServer:
             self.say_goodbye()
         for key in list(self.sel.get_map().values()):
             key.fileobj.close()
+        for link in self.paused_links:  # not in the selector while paused
+            link.sock.close()
         self.sel.close()
         self.listening = False
         self.logger.info("%s stopped", self.server_name)
@@ -305,7 +319,7 @@ class CRCServer:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         link = BaseConnectionData()
         link.sock = sock
-        self.sel.register(sock, selectors.EVENT_READ, link)
+        self.update_interest(link)
         self.unregistered[link] = time.monotonic()
         return link
 
@@ -334,16 +348,24 @@ class CRCServer:
             self.flush(link)
         if event_mask & selectors.EVENT_READ and link.sock is not None and not link.closing:
             try:
-                chunk = link.sock.recv(RECEIVE_SIZE)
+                # Into one reused buffer: a fresh 256 KiB bytes object per read costs an mmap each time.
+                received = link.sock.recv_into(self.receive_buffer)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as error:
                 self.disconnect(link, f"receive failed: {error}")
                 return
-            if not chunk:
+            if not received:
                 self.disconnect(link, "connection closed by the peer")
                 return
-            self.handle_messages(io_device, chunk)
+            self.reading_link = link
+            try:
+                self.handle_messages(io_device, bytes(self.receive_view[:received]))
+            finally:
+                self.reading_link = None
+            live = self._live_key(io_device.fileobj)
+            if live is not None and live.data.paused:
+                self.update_interest(live.data)  # stop reading it only now, with its whole chunk handled
 
     def handle_messages(self, io_device: selectors.SelectorKey, recv_data: bytes) -> None:
         """Append a received chunk to the link's buffer and handle every whole frame in it.
@@ -440,6 +462,13 @@ class CRCServer:
         if not link.write_buffer:
             self.to_flush.append(link)
         link.write_buffer += frame
+        source = self.reading_link
+        if (len(link.write_buffer) > self.high_water and isinstance(link, ServerConnectionData)
+                and source is not None and source is not link and not source.paused):
+            # A slow but live server is not dropped: whoever feeds it waits until it catches up.
+            source.paused = True
+            link.held_back.append(source)
+            self.paused_links.append(source)
 
     def flush_turn_output(self) -> None:
         for link in self.to_flush:
@@ -457,18 +486,35 @@ class CRCServer:
             self.disconnect(link, f"send failed: {error}")
             return
         del link.write_buffer[:sent]
-        if link.write_buffer:
-            self.watch_writable(link, True)
-        elif link.closing:
+        if link.held_back and len(link.write_buffer) <= self.low_water:
+            self.release_held_back(link)
+        if not link.write_buffer and link.closing:
             self.disconnect(link, "closed after its last message was sent")
-        else:
-            self.watch_writable(link, False)
+            return
+        link.want_write = bool(link.write_buffer)
+        self.update_interest(link)
 
-    def watch_writable(self, link: BaseConnectionData, wanted: bool) -> None:
-        if link.want_write != wanted:
-            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if wanted else 0)
+    def release_held_back(self, link: BaseConnectionData) -> None:
+        for source in link.held_back:
+            source.paused = False
+            if source in self.paused_links:
+                self.paused_links.remove(source)
+            if source.sock is not None:
+                self.update_interest(source)
+        link.held_back.clear()
+
+    def update_interest(self, link: BaseConnectionData) -> None:
+        """Register for exactly the events wanted now: reading unless paused, writing while output waits."""
+        events = (0 if link.paused else selectors.EVENT_READ) | (selectors.EVENT_WRITE if link.want_write else 0)
+        if events == link.interest:
+            return
+        if not link.interest:
+            self.sel.register(link.sock, events, link)
+        elif not events:
+            self.sel.unregister(link.sock)
+        else:
             self.sel.modify(link.sock, events, link)
-            link.want_write = wanted
+        link.interest = events
 
     def send_to_host(self, host_id: int, frame: bytes) -> None:
         """Send toward any known machine, over the adjacent link that leads to it."""
@@ -513,12 +559,14 @@ class CRCServer:
         if link.sock is None:
             return
         self.logger.info("closing the link to %s: %s", self.describe(link), reason)
-        try:
+        if link.interest:
             self.sel.unregister(link.sock)
-        except (KeyError, ValueError):
-            pass
+            link.interest = 0
         link.sock.close()
         link.sock = None
+        self.release_held_back(link)
+        if link in self.paused_links:
+            self.paused_links.remove(link)
         link.write_buffer.clear()
         link.read_buffer.clear()
         self.unregistered.pop(link, None)
@@ -592,10 +640,11 @@ class CRCServer:
         host.write_buffer = link.write_buffer
         host.read_buffer = link.read_buffer
         host.want_write = link.want_write
+        host.interest = link.interest
         link.sock = None  # the socket now belongs to the host's record alone
         host.first_link_id = host.id
         self.unregistered.pop(link, None)
-        self.sel.modify(host.sock, selectors.EVENT_READ | (selectors.EVENT_WRITE if host.want_write else 0), host)
+        self.sel.modify(host.sock, host.interest, host)
         if host.write_buffer and not host.want_write:
             self.to_flush.append(host)  # the old record is in the list, but its socket is the host's now
         self.hosts_db[host.id] = host
@@ -695,7 +744,7 @@ class CRCServer:
             self.logger.debug("chat %d -> %d", message.source_id, message.destination_id)
             self.send_to_host(destination.id, message.bytes)
             return
-        self.logger.info("chat from %d to unknown id %d", message.source_id, message.destination_id)
+        self.logger.debug("chat from %d to unknown id %d", message.source_id, message.destination_id)
         self.send(io_device.data, StatusUpdateMessage.bytes(
             self.id, message.source_id, STATUS_UNKNOWN_ID, f"Unknown ID {message.destination_id}"))
 

@@ -105,7 +105,8 @@ class RawPeer:
         try:
             return wait_for(check, what, timeout)
         except AssertionError as error:
-            raise AssertionError(f"{error}; messages received: {self.messages!r}") from None
+            last = ", ".join(repr(message)[:120] for message in self.messages[-3:])
+            raise AssertionError(f"{error}; {len(self.messages)} messages received, the last: {last}") from None
 
     def wait_closed(self) -> None:
         def check() -> bool:

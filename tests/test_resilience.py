@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import signal
 import socket
+import threading
 import time
 
 import pytest
@@ -294,6 +295,27 @@ def test_a_peer_that_stops_reading_is_dropped_at_the_output_cap(network):
     sender.wait_for(lambda m: any(isinstance(x, ClientQuitMessage) and x.source_id == 10 for x in m),
                     "the sink's departure to be announced")
     assert 11 in a.hosts_db, "the sender reads what it is sent, so it stays"
+
+
+def test_a_slow_server_link_holds_its_senders_back_instead_of_being_dropped(network):
+    cap = 1024 * 1024
+    a = network.server(id=1, servername="A", max_output=cap)
+    slow = RawPeer.server(a.port, 9, "slow server")  # a neighbour that reads nothing for a while
+    slow.send(ClientRegistrationMessage.bytes(90, 9, "behind the slow server", ""))
+    flooder = RawPeer.client(a.port, 10, "flooder")
+    flooder.wait_for(lambda m: any(getattr(x, "source_id", 0) == 90 for x in m), "the far client announced")
+    frames = [ClientChatMessage.bytes(10, 90, f"{n}:" + "x" * 200) for n in range(40_000)]  # 9 MB, past the cap
+    flooder.sock.settimeout(60)  # it is held back until the slow server reads: that may take a while
+    sending = threading.Thread(target=flooder.send, args=(b"".join(frames),), daemon=True)
+    sending.start()
+    wait_for(lambda: a.paused_links, "the flooder to be held back")
+    assert 9 in a.hosts_db and len(a.hosts_db[9].write_buffer) <= cap, "the slow server must stay, under the cap"
+    slow.wait_for(lambda m: len(slow.of_type(ClientChatMessage)) == 40_000, "the whole flood once it reads",
+                  timeout=60)
+    sending.join(10)
+    assert [chat.content for chat in slow.of_type(ClientChatMessage)] == [f"{n}:" + "x" * 200 for n in range(40_000)]
+    assert {9, 10, 90} <= set(a.hosts_db) and not a.paused_links
+    wait_for(a.is_quiet, "A to be quiet once the flood is through")
 
 
 def test_a_burst_of_100000_messages_arrives_whole_and_in_order(network):
