@@ -117,7 +117,7 @@ class ServerConnectionData(BaseConnectionData):
         self.server_name = server_name
         self.server_info = server_info
         self.first_link_id: Optional[int] = None  # the adjacent server this machine is reached through
-        self.registration = b""  # its registration as this server sends it on (our id as last hop)
+        self.registration = b""  # its registration as this server passes it on (our id as last hop)
 
 
 class ClientConnectionData(BaseConnectionData):
@@ -664,6 +664,7 @@ class CRCServer:
             raise ProtocolViolation("id 0 is not a valid machine id")
         self.settle_held_departure(server_id)
         server = ServerConnectionData(server_id, message.server_name, message.server_info)
+        server.registration = self.relayed(message.bytes)
         if type(link) is BaseConnectionData:
             if self.known(server_id):
                 self.reject(link, STATUS_DUPLICATE_ID, f"A machine has already registered with ID {server_id}")
@@ -680,7 +681,7 @@ class CRCServer:
             self.hosts_db[server_id] = server
             self.logger.info("server %s (%d) joined behind %d", server.server_name, server_id, link.id)
             came_from = link
-        self.flood(self.relayed(message.bytes), came_from, to_clients=False)
+        self.flood(server.registration, came_from, to_clients=False)
 
     def accept_relayed_registration(self, link: ServerConnectionData, host_id: int) -> bool:
         """A server link announces a machine behind it; an id known through another link is a lie."""
@@ -695,14 +696,9 @@ class CRCServer:
         """Tell a new neighbour server about every machine this side of the tree knows."""
         if include_self:
             self.send(neighbour, ServerRegistrationMessage.bytes(self.id, self.id, self.server_name, self.server_info))
-        for host in list(self.hosts_db.values()):
-            if host is neighbour:
-                continue
-            if isinstance(host, ServerConnectionData):
-                frame = ServerRegistrationMessage.bytes(host.id, self.id, host.server_name, host.server_info)
-            else:
-                frame = ClientRegistrationMessage.bytes(host.id, self.id, host.client_name, host.client_info)
-            self.send(neighbour, frame)
+        state = b"".join(host.registration for host in self.hosts_db.values() if host is not neighbour)
+        if state:
+            self.send(neighbour, state)
 
     def handle_client_registration_message(self, io_device: selectors.SelectorKey,
                                            message: ClientRegistrationMessage) -> None:
@@ -714,6 +710,7 @@ class CRCServer:
             raise ProtocolViolation("id 0 is not a valid machine id")
         self.settle_held_departure(client_id)
         client = ClientConnectionData(client_id, message.client_name, message.client_info)
+        client.registration = self.relayed(message.bytes)
         if type(link) is BaseConnectionData:
             if self.known(client_id):
                 self.reject(link, STATUS_DUPLICATE_ID, f"Someone has already registered with ID {client_id}")
@@ -723,8 +720,8 @@ class CRCServer:
             self.adjacent_user_ids.append(client_id)
             self.send(client, StatusUpdateMessage.bytes(
                 self.id, client_id, STATUS_WELCOME, f"Welcome to the Clemson Relay Chat network {client.client_name}"))
-            for other in known_clients:
-                self.send(client, ClientRegistrationMessage.bytes(other.id, self.id, other.client_name, other.client_info))
+            if known_clients:
+                self.send(client, b"".join(other.registration for other in known_clients))
             self.logger.info("client %s (%d) joined here", client.client_name, client_id)
             came_from: BaseConnectionData = client
         else:
@@ -734,7 +731,7 @@ class CRCServer:
             self.hosts_db[client_id] = client
             self.logger.info("client %s (%d) joined behind %d", client.client_name, client_id, link.id)
             came_from = link
-        self.flood(self.relayed(message.bytes), came_from, to_clients=True)
+        self.flood(client.registration, came_from, to_clients=True)
 
     def handle_client_chat_message(self, io_device: selectors.SelectorKey, message: ClientChatMessage) -> None:
         if not self.check_source(io_device.data, message.source_id):
