@@ -292,6 +292,16 @@ class CRCServer:
             if now - opened > self.register_timeout:
                 self.disconnect(link, f"did not register within {self.register_timeout:g} s")
 
+    def next_deadline(self) -> Optional[float]:
+        """When (on time.monotonic()) this server's next timer fires: a held departure or a registration
+        timeout; None without timers. With is_quiet(), it lets a test manager wait through a hold-down."""
+        try:
+            deadlines = [deadline for deadline, _ in list(self.held_departures.values())]
+            deadlines += [opened + self.register_timeout for opened in list(self.unregistered.values())]
+        except RuntimeError:  # the loop changed them meanwhile: something is happening now
+            return time.monotonic()
+        return min(deadlines, default=None)
+
     def cleanup(self) -> None:
         """Close every socket and the selector. Only a server stopped by a signal says goodbye."""
         if self.announce_departure:

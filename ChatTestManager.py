@@ -433,9 +433,6 @@ class CaseRun:
         self.journal: List[str] = []  # what happened, for the log file
         self.waits: List[WaitRecord] = []
         self.stopped: set = set()  # servers stopped by a KILL: they take no part in quiet waits
-        # Set by a KILL of one machine: its neighbours now hold a departure on a timer (the hold-down),
-        # which is_quiet() does not count, so from then on WAITs take their full time.
-        self.departed: Optional[str] = None
         self.step = "before the first command"
         self.aborted = threading.Event()
         self.started = time.monotonic()
@@ -481,11 +478,9 @@ class CaseRun:
             for client in self.clients.values():
                 client.request_terminate = True
         elif command.target in self.servers:
-            self.departed = command.target
             self.stop_server(command.target)
         else:
-            self.departed = command.target
-            self.clients[command.target].request_terminate = True
+            self.stop_client(command.target)
 
     def wait(self, seconds: float) -> None:
         """A WAIT: until the network is quiet or the time has passed (see Testers/quiet.py)."""
@@ -493,14 +488,12 @@ class CaseRun:
         running = [server for name, server in self.servers.items()
                    if name not in self.stopped and self.server_threads[name].is_alive()]
         mute = [name for name, server in self.servers.items() if not can_report_quiet(server)]
-        if self.settings.strict_waits or mute or self.departed:
+        if self.settings.strict_waits or mute:
             self.aborted.wait(seconds)
             if self.settings.strict_waits:
                 why = "full time (--strict-waits)"
-            elif mute:
-                why = f"full time: server {mute[0]} cannot say whether it is quiet (no is_quiet() and busy_turns)"
             else:
-                why = f"full time: {self.departed} was stopped, and a departure takes effect on a timer"
+                why = f"full time: server {mute[0]} cannot say whether it is quiet (no is_quiet() and busy_turns)"
             record = WaitRecord(seconds, time.monotonic() - started, why)
         else:
             quiet, took = wait_until_quiet(running + list(self.clients.values()), seconds, self.aborted)
@@ -544,6 +537,14 @@ class CaseRun:
         self.stopped.add(name)
         self.servers[name].request_terminate = True
         self.server_threads[name].join()
+
+    def stop_client(self, name: str) -> None:
+        """Stop a client and wait until its connection is closed, so that the next WAIT sees its server
+        react (our client's stop() waits for its listener; another client only gets asked)."""
+        client = self.clients[name]
+        client.request_terminate = True
+        if callable(getattr(client, "stop", None)):
+            client.stop()
 
     def stop_everything(self, join: bool) -> None:
         """Stop whatever still runs: after a failure, or when the time limit gives up on the case."""

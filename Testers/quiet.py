@@ -46,15 +46,26 @@ class WaitRecord:
         return f"waited {self.took:.3f} s of {self.asked:g} s: {self.why}"
 
 
+def timer_due(machines: Iterable[Any], moment: float) -> bool:
+    """True if some machine has a timer (a server's hold-down, say) that fires by `moment`."""
+    for machine in machines:
+        next_deadline = getattr(machine, "next_deadline", None)
+        due = next_deadline() if callable(next_deadline) else None
+        if due is not None and due <= moment:
+            return True
+    return False
+
+
 def wait_until_quiet(machines: List[Any], seconds: float, stop: threading.Event) -> Tuple[bool, float]:
-    """Wait until the machines are quiet (two equal sweeps in a row), at most `seconds`, or until
-    `stop` is set. Returns whether the network was found quiet, and how long this took."""
+    """Wait until the machines are quiet (two equal sweeps in a row, and no timer of theirs due within
+    the WAIT), at most `seconds`, or until `stop` is set. Returns whether the network was found quiet,
+    and how long this took."""
     started = time.monotonic()
     deadline = started + seconds
     previous: Optional[Tuple[int, ...]] = None
     while True:
         current = sweep(machines)
-        if current is not None and current == previous:
+        if current is not None and current == previous and not timer_due(machines, deadline):
             return True, time.monotonic() - started
         previous = current
         remaining = deadline - time.monotonic()

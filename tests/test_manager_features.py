@@ -95,23 +95,26 @@ def test_a_wait_takes_its_full_time_while_the_network_is_not_quiet(tmp_path: Pat
     assert result.waits[1].took >= 0.3, f"the second WAIT ended before its 0.3 s: {result.waits[1]}"
 
 
-def test_after_one_machine_is_stopped_waits_take_their_full_time(tmp_path: Path) -> None:
-    # Its server now holds ada's departure on a timer, which quiet cannot see: a WAIT past the
-    # hold-down must still see the departure happen, as with the course's fixed waits.
+def test_a_wait_lasts_through_a_hold_down_that_ends_within_it(tmp_path: Path) -> None:
+    # After KILL ada, her server holds her departure for its hold-down (5 s) before it acts on it. A
+    # WAIT shorter than that ends as soon as the network is quiet, with ada still known; a WAIT that
+    # reaches past it lasts until the departure has happened.
     case = write_case(tmp_path, "departure", [
         "LAUNCHSERVER --id 1 --servername oak --port 4100",
         "WAIT 0.2",
         "LAUNCHCLIENT --id 11 --serverhost localhost --serverport 4100 --username ada",
         "WAIT 0.2",
         "KILL ada",
-        "WAIT 0.2",
+        "WAIT 1",
+        "WAIT 6",
         "KILL ALL",
-    ], {"oak": {"adjacent_user_ids": [11]}})
+    ], {"oak": {"adjacent_user_ids": [], "hosts_db": []}})
     result = manager.run_case(case, manager.Settings(logs_dir=tmp_path / "Logs"))
     assert result.passed, result.explanation
     whys = [record.why for record in result.waits]
-    assert whys[:2] == ["the network was quiet"] * 2 and "ada was stopped" in whys[2], whys
-    assert result.waits[2].took >= 0.2, f"the WAIT after KILL ada ended before its 0.2 s: {result.waits[2]}"
+    assert whys == ["the network was quiet"] * 4, whys
+    assert result.waits[2].took < 1, f"the WAIT within the hold-down should end once quiet: {result.waits[2]}"
+    assert 3 < result.waits[3].took < 6, f"the WAIT past the hold-down should last until it ends: {result.waits[3]}"
 
 
 MUTE_SERVER_NOTE = "cannot say whether it is quiet"
