@@ -20,7 +20,7 @@ import socket
 import struct
 import sys
 import time
-from typing import Callable, Dict, List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 from ChatMessageParser import (
     ClientChatMessage,
@@ -48,6 +48,8 @@ DEFAULT_MAX_FRAME_SIZE = 64 * 1024
 DEFAULT_SPLIT_HOLD = 5.0  # seconds a lost link's hosts stay known before their departure is announced
 DEFAULT_REGISTER_TIMEOUT = 10.0  # seconds a new connection has to register
 DEFAULT_MAX_OUTPUT = 8 * 1024 * 1024  # unsent bytes one connection may pile up before it is dropped
+DEFAULT_STALL_TIMEOUT = 30.0  # seconds a server link holding others back may go without taking any bytes
+CLOSE_GRACE = 2.0  # seconds a closing link has to take its last message (a status saying why)
 HIGH_WATER = 1024 * 1024  # a server link with more unsent output pauses the links that feed it ...
 LOW_WATER = 256 * 1024  # ... until it is down to this
 RECEIVE_SIZE = 256 * 1024
@@ -65,6 +67,17 @@ _FRAME_LAYOUTS: Dict[int, Tuple[int, Optional[int]]] = {
 }
 _LAST_HOP = slice(5, 9)  # byte range of the last hop id in a registration frame
 _CHAT_FIELDS = struct.Struct("!III")  # a chat after its type byte: source, destination, content length
+_CHAT_HEADER_SIZE = _FRAME_LAYOUTS[CLIENT_CHAT][0]
+
+
+_HANDLER_NAMES = {
+    SERVER_REGISTRATION: "handle_server_registration_message",
+    STATUS_UPDATE: "handle_status_message",
+    SERVER_QUIT: "handle_server_quit_message",
+    CLIENT_REGISTRATION: "handle_client_registration_message",
+    CLIENT_CHAT: "handle_client_chat_message",
+    CLIENT_QUIT: "handle_client_quit_message",
+}
 
 
 def _is_utf8(text: bytes) -> bool:
@@ -101,10 +114,10 @@ class BaseConnectionData:
     def __init__(self) -> None:
         self.write_buffer = bytearray()  # unsent bytes; appended to, and cut from the front as sent
         self.read_buffer = bytearray()  # received bytes that do not make a whole frame yet
-        self.sock: Optional[socket.socket] = None  # None for a machine that is not adjacent
+        self.sock: Optional[socket.socket] = None  # None: not adjacent, closed, or handed to a host's record
         self.outbound = False  # True for the link this server opened to join a network
         self.closing = False  # set once the link is to close as soon as its output is flushed
-        self.want_write = False  # whether the selector watches this socket for writability
+        self.want_write = False  # whether this socket should be watched for writability (interest: whether it is)
         self.paused = False  # reading held back: a server link it feeds has too much unsent output
         self.interest = 0  # the selector events registered for this socket now (0: not registered)
         self.held_back: List[BaseConnectionData] = []  # links paused until this one's output drains
@@ -148,6 +161,7 @@ class CRCServer:
         self.split_hold: float = DEFAULT_SPLIT_HOLD if split_hold is None else split_hold
         self.register_timeout: float = getattr(options, "register_timeout", None) or DEFAULT_REGISTER_TIMEOUT
         self.max_output: int = getattr(options, "max_output", None) or DEFAULT_MAX_OUTPUT
+        self.stall_timeout: float = getattr(options, "stall_timeout", None) or DEFAULT_STALL_TIMEOUT
         self.high_water = min(HIGH_WATER, self.max_output // 4)
         self.low_water = min(LOW_WATER, self.high_water // 4)
         self.announce_departure = False  # set by Ctrl-C or SIGTERM: say goodbye before closing
@@ -168,21 +182,12 @@ class CRCServer:
         self.to_flush: List[BaseConnectionData] = []  # links given output this turn, sent at its end
         self.reading_link: Optional[BaseConnectionData] = None  # whose input the loop is handling
         self.paused_links: List[BaseConnectionData] = []
+        self.congested: Dict[BaseConnectionData, float] = {}  # server link holding others back -> last progress
+        self.closing_links: Dict[BaseConnectionData, float] = {}  # link -> when it is closed even if unsent
         self.receive_buffer = bytearray(RECEIVE_SIZE)
         self.receive_view = memoryview(self.receive_buffer)
-        # Chats take a fast path that forwards their bytes without building message objects, unless
-        # a subclass (a course's tester, say) has its own chat handler that must see every chat.
-        self.forwards_chats_fast = type(self).handle_client_chat_message is CRCServer.handle_client_chat_message
 
         self.logger = self._make_logger(getattr(options, "log_file", None), getattr(options, "verbose", False))
-        self._handlers: Dict[int, Callable] = {
-            SERVER_REGISTRATION: self.handle_server_registration_message,
-            STATUS_UPDATE: self.handle_status_message,
-            SERVER_QUIT: self.handle_server_quit_message,
-            CLIENT_REGISTRATION: self.handle_client_registration_message,
-            CLIENT_CHAT: self.handle_client_chat_message,
-            CLIENT_QUIT: self.handle_client_quit_message,
-        }
 
     def _make_logger(self, log_file: Optional[str], verbose: bool) -> logging.Logger:
         # A logger outside logging's global tree: many servers share a process in tests, and each
@@ -230,8 +235,6 @@ class CRCServer:
             self.logger.error("could not connect to %s:%s (%s); running as the root of a new network",
                               host, self.connect_to_port, error)
             return
-        sock.setblocking(False)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         link = self.open_link(sock)
         link.outbound = True
         # Our registration leaves on the loop's first write event, through handle_io_device_events,
@@ -243,7 +246,7 @@ class CRCServer:
 
     def check_IO_devices_for_messages(self) -> None:
         events = self.sel.select(timeout=SELECT_TIMEOUT)
-        if not events and not self.held_departures and not self.unregistered:
+        if not events and not self.has_timers():
             return  # an idle turn: nothing to count
         self.busy_turns += 1
         try:
@@ -255,7 +258,7 @@ class CRCServer:
                     self.logger.exception("unexpected error while serving %s", self.describe(live and live.data))
                     if live is not None and live.data is not None:
                         self.disconnect(live.data, "unexpected server error")
-            if self.held_departures or self.unregistered:
+            if self.has_timers():
                 self.check_timers()
             self.flush_turn_output()
         finally:
@@ -283,21 +286,33 @@ class CRCServer:
             return False
         return not ready and self.busy_turns == turn
 
+    def has_timers(self) -> bool:
+        return bool(self.held_departures or self.unregistered or self.closing_links or self.congested)
+
     def check_timers(self) -> None:
         now = time.monotonic()
-        for link_id, (deadline, link) in list(self.held_departures.items()):
+        for deadline, link in list(self.held_departures.values()):
             if deadline <= now:
                 self.depart(link)
         for link, opened in list(self.unregistered.items()):
             if now - opened > self.register_timeout:
                 self.disconnect(link, f"did not register within {self.register_timeout:g} s")
+        for link, deadline in list(self.closing_links.items()):
+            if deadline <= now:
+                self.disconnect(link, "closed without taking its last message")
+        for link, progress in list(self.congested.items()):
+            if now - progress > self.stall_timeout:
+                self.disconnect(link, f"took no bytes for {self.stall_timeout:g} s while others waited for it")
 
     def next_deadline(self) -> Optional[float]:
         """When (on time.monotonic()) this server's next timer fires: a held departure or a registration
-        timeout; None without timers. With is_quiet(), it lets a test manager wait through a hold-down."""
+        timeout, a closing link's grace or a stalled link's limit; None without timers. With is_quiet(), it
+        lets a test manager wait through a hold-down."""
         try:
             deadlines = [deadline for deadline, _ in list(self.held_departures.values())]
             deadlines += [opened + self.register_timeout for opened in list(self.unregistered.values())]
+            deadlines += list(self.closing_links.values())
+            deadlines += [progress + self.stall_timeout for progress in list(self.congested.values())]
         except RuntimeError:  # the loop changed them meanwhile: something is happening now
             return time.monotonic()
         return min(deadlines, default=None)
@@ -309,7 +324,8 @@ class CRCServer:
         for key in list(self.sel.get_map().values()):
             key.fileobj.close()
         for link in self.paused_links:  # not in the selector while paused
-            link.sock.close()
+            if link.sock is not None:
+                link.sock.close()
         self.sel.close()
         self.listening = False
         self.logger.info("%s stopped", self.server_name)
@@ -395,17 +411,19 @@ class CRCServer:
         run_start = 0
         route: Tuple[int, int, Optional[BaseConnectionData]] = (0, 0, None)  # last (source, destination, next link)
         problem = None
+        fast_chats = self.forwards_chats_fast()
         try:
             while offset < end and link.sock is not None and not link.closing:
-                if self.forwards_chats_fast and data[offset] == CLIENT_CHAT and end - offset >= 13:
+                if fast_chats and data[offset] == CLIENT_CHAT and end - offset >= _CHAT_HEADER_SIZE:
                     source, destination, length = _CHAT_FIELDS.unpack_from(data, offset + 1)
-                    frame_end = offset + 13 + length
-                    if frame_end > end and 13 + length <= self.max_frame_size:
+                    frame_end = offset + _CHAT_HEADER_SIZE + length
+                    if frame_end > end and _CHAT_HEADER_SIZE + length <= self.max_frame_size:
                         break  # wait for the rest of this chat
                     if route[:2] != (source, destination):
                         route = (source, destination, self.chat_route(link, source, destination))
                     next_link = route[2]
-                    if next_link is not None and 13 + length <= self.max_frame_size and _is_utf8(data[offset + 13:frame_end]):
+                    fits = _CHAT_HEADER_SIZE + length <= self.max_frame_size
+                    if next_link is not None and fits and _is_utf8(data[offset + _CHAT_HEADER_SIZE:frame_end]):
                         if next_link is not run_link:
                             if run_link is not None:
                                 self.send(run_link, data[run_start:offset])
@@ -415,6 +433,8 @@ class CRCServer:
                 if run_link is not None:
                     self.send(run_link, data[run_start:offset])
                     run_link = None
+                    if link.sock is None or link.closing:
+                        break  # sending to itself (a client chatting to itself) went over its cap
                 route = (0, 0, None)  # a handler may change the network: forget the cached route
                 length = frame_length(data, offset)
                 if length is not None and length > self.max_frame_size:
@@ -427,7 +447,7 @@ class CRCServer:
                     (message,) = MessageParser.parse_messages(frame)
                 except Exception as error:  # the course's parser may raise anything on bad bytes
                     raise ProtocolViolation(f"malformed message of type 0x{frame[0]:02x}: {error}") from None
-                self._handlers[message.message_type](self.sel.get_key(sock), message)
+                getattr(self, _HANDLER_NAMES[message.message_type])(self.sel.get_key(sock), message)
                 key = self._live_key(sock)  # a registration replaces the link's record
                 if key is None:
                     break
@@ -440,10 +460,17 @@ class CRCServer:
         if problem is not None and link.sock is not None:
             self.protocol_error(link, problem)
 
+    def forwards_chats_fast(self) -> bool:
+        """Chats skip the parser unless someone (a course's tester, say) has put in a chat handler of
+        their own, on the class or on this object, which must then see every chat."""
+        return (type(self).handle_client_chat_message is CRCServer.handle_client_chat_message
+                and "handle_client_chat_message" not in vars(self))
+
     def chat_route(self, link: BaseConnectionData, source: int, destination: int) -> Optional[BaseConnectionData]:
         """The link an ordinary chat goes on: the sender is reached through the link it came on (so a
         client speaks for itself), and the destination is a known client with an open link toward it.
-        None for anything else, which handle_client_chat_message then deals with."""
+        None for anything else, which handle_client_chat_message then deals with. Keep it in step with
+        check_source() and send_to_host(), whose checks it repeats for speed."""
         sender = self.hosts_db.get(source)
         if sender is None or sender.first_link_id != getattr(link, "id", None) or self.hosts_db.get(link.id) is not link:
             return None
@@ -470,15 +497,21 @@ class CRCServer:
             self.disconnect(link, f"more than {self.max_output} bytes of output waiting: the peer stopped reading")
             return
         if not link.write_buffer:
-            self.to_flush.append(link)
+            if self.busy_turns % 2:
+                self.to_flush.append(link)
+            else:  # called outside our loop's turn (by a course's own loop, say): a write event sends it
+                link.want_write = True
+                self.update_interest(link)
         link.write_buffer += frame
         source = self.reading_link
         if (len(link.write_buffer) > self.high_water and isinstance(link, ServerConnectionData)
                 and source is not None and source is not link and not source.paused):
-            # A slow but live server is not dropped: whoever feeds it waits until it catches up.
+            # A slow but live server is not dropped: whoever feeds it waits until it catches up
+            # (and a server that takes nothing at all for stall_timeout is dropped after all).
             source.paused = True
             link.held_back.append(source)
             self.paused_links.append(source)
+            self.congested.setdefault(link, time.monotonic())
 
     def flush_turn_output(self) -> None:
         for link in self.to_flush:
@@ -496,6 +529,8 @@ class CRCServer:
             self.disconnect(link, f"send failed: {error}")
             return
         del link.write_buffer[:sent]
+        if sent and link in self.congested:
+            self.congested[link] = time.monotonic()
         if link.held_back and len(link.write_buffer) <= self.low_water:
             self.release_held_back(link)
         if not link.write_buffer and link.closing:
@@ -512,10 +547,13 @@ class CRCServer:
             if source.sock is not None:
                 self.update_interest(source)
         link.held_back.clear()
+        self.congested.pop(link, None)
 
     def update_interest(self, link: BaseConnectionData) -> None:
-        """Register for exactly the events wanted now: reading unless paused, writing while output waits."""
-        events = (0 if link.paused else selectors.EVENT_READ) | (selectors.EVENT_WRITE if link.want_write else 0)
+        """Register for exactly the events wanted now: reading unless paused or closing, writing while
+        output waits."""
+        reading = not (link.paused or link.closing)
+        events = (selectors.EVENT_READ if reading else 0) | (selectors.EVENT_WRITE if link.want_write else 0)
         if events == link.interest:
             return
         if not link.interest:
@@ -551,7 +589,7 @@ class CRCServer:
         """Answer a refused peer over its own link with destination 0, then close that link."""
         self.logger.warning("refused a peer: %s", text)
         self.send(link, StatusUpdateMessage.bytes(self.id, 0, status_code, text))
-        link.closing = True
+        self.close_after_flush(link, f"refused: {text}")
 
     def protocol_error(self, link: BaseConnectionData, problem: str) -> None:
         """Tell the peer what it did wrong, then close its link once that is sent."""
@@ -559,10 +597,19 @@ class CRCServer:
         destination = link.id if isinstance(link, (ServerConnectionData, ClientConnectionData)) else 0
         self.send(link, StatusUpdateMessage.bytes(self.id, destination, STATUS_PROTOCOL_ERROR,
                                                   f"Protocol error: {problem}"))
-        link.read_buffer.clear()
+        self.close_after_flush(link, f"protocol error: {problem}")
+
+    def close_after_flush(self, link: BaseConnectionData, reason: str) -> None:
+        """Read no more from a link and close it once its output is sent (CLOSE_GRACE at most)."""
+        if link.sock is None:
+            return
         link.closing = True
-        if link.sock is not None and not link.write_buffer:
-            self.disconnect(link, f"protocol error: {problem}")
+        link.read_buffer.clear()
+        if not link.write_buffer:
+            self.disconnect(link, reason)
+            return
+        self.update_interest(link)
+        self.closing_links[link] = time.monotonic() + CLOSE_GRACE
 
     def disconnect(self, link: BaseConnectionData, reason: str) -> None:
         """The one way a link closes. A registered peer's departure is announced after the hold-down."""
@@ -577,6 +624,7 @@ class CRCServer:
         self.release_held_back(link)
         if link in self.paused_links:
             self.paused_links.remove(link)
+        self.closing_links.pop(link, None)
         link.write_buffer.clear()
         link.read_buffer.clear()
         self.unregistered.pop(link, None)
@@ -651,6 +699,8 @@ class CRCServer:
         host.read_buffer = link.read_buffer
         host.want_write = link.want_write
         host.interest = link.interest
+        if self.reading_link is link:
+            self.reading_link = host  # backpressure must pause the record that is being read from
         link.sock = None  # the socket now belongs to the host's record alone
         host.first_link_id = host.id
         self.unregistered.pop(link, None)
@@ -795,7 +845,7 @@ class CRCServer:
         if server is link:
             # A neighbour says goodbye: everything reached through it is gone, announced host by host.
             self.depart(link, message.content)
-            link.closing = True
+            self.close_after_flush(link, "it announced its departure")
             return
         self.forget(server)
         self.logger.info("server %s (%d) quit: %s", server.server_name, server.id, message.content)
@@ -827,11 +877,16 @@ def parse_arguments(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         metavar="SECONDS", help="drop a connection that has not registered by then (default %(default)g)")
     parser.add_argument("--max-output", dest="max_output", type=int, default=DEFAULT_MAX_OUTPUT, metavar="BYTES",
                         help="drop a peer whose unsent output grows past this (default %(default)d)")
+    parser.add_argument("--stall-timeout", dest="stall_timeout", type=float, default=DEFAULT_STALL_TIMEOUT,
+                        metavar="SECONDS", help="drop a server link that takes no bytes for this long while"
+                        " others wait for it (default %(default)g)")
     parser.add_argument("--max-frame-size", dest="max_frame_size", type=int, default=DEFAULT_MAX_FRAME_SIZE,
                         metavar="BYTES", help="refuse a message that declares more bytes (default %(default)d)")
     options = parser.parse_args(argv)
-    if options.split_hold < 0 or options.register_timeout <= 0 or options.max_output <= 0 or options.max_frame_size < 16:
-        parser.error("--split-hold must be 0 or more; --register-timeout, --max-output and --max-frame-size positive")
+    if options.split_hold < 0 or min(options.register_timeout, options.stall_timeout, options.max_output) <= 0 \
+            or options.max_frame_size < 16:
+        parser.error("--split-hold must be 0 or more; --register-timeout, --stall-timeout and --max-output"
+                     " positive; --max-frame-size 16 or more")
     if options.id is not None and not 1 <= options.id <= 0xFFFFFFFF:
         parser.error("--id must be from 1 to 4294967295")
     return options

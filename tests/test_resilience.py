@@ -318,6 +318,58 @@ def test_a_slow_server_link_holds_its_senders_back_instead_of_being_dropped(netw
     wait_for(a.is_quiet, "A to be quiet once the flood is through")
 
 
+def test_a_server_link_that_takes_nothing_at_all_is_dropped_after_the_stall_timeout(network):
+    a = network.server(id=1, servername="A", max_output=1 << 20, stall_timeout=0.5)
+    stuck = RawPeer.server(a.port, 9, "stuck server")  # never reads again
+    stuck.send(ClientRegistrationMessage.bytes(90, 9, "behind the stuck server", ""))
+    flooder = RawPeer.client(a.port, 10, "flooder")
+    flooder.wait_for(lambda m: any(getattr(x, "source_id", 0) == 90 for x in m), "the far client announced")
+    flooder.sock.settimeout(60)
+    flood = b"".join(ClientChatMessage.bytes(10, 90, "x" * 200) for _ in range(40_000))
+    threading.Thread(target=flooder.send, args=(flood,), daemon=True).start()
+    wait_for(lambda: a.paused_links, "the flooder to be held back")
+    wait_for(lambda: 9 not in a.hosts_db and 90 not in a.hosts_db, "the stuck server to be dropped as a departure")
+    assert not a.paused_links, "the flooder must be let go"
+    wait_for(lambda: a.is_quiet() and 10 in a.hosts_db, "A to serve the flooder again")
+
+
+def test_a_neighbour_that_says_goodbye_is_closed_and_leaves_the_loop_quiet(network):
+    a = network.server(id=1, servername="A", split_hold=60)
+    neighbour = RawPeer.server(a.port, 9, "leaving")
+    neighbour.wait_for(lambda m: m, "A's registration")
+    neighbour.send(ServerQuitMessage.bytes(9, 0, "good night"))
+    neighbour.close()
+    wait_for(lambda: a.is_quiet() and 9 not in a.hosts_db, "A to forget the neighbour and go quiet")
+    assert len(a.sel.get_map()) == 1, "only the listening socket should be left"
+
+
+def test_a_peer_refused_while_not_reading_is_closed_after_a_grace(network):
+    a = network.server(id=1, servername="A", max_output=64 << 20)
+    deaf = RawPeer.client(a.port, 10, "deaf")  # stops reading
+    deaf.wait_for(lambda m: m, "welcome")
+    talker = RawPeer.client(a.port, 11, "talker")
+    talker.wait_for(lambda m: m, "welcome")
+    talker.send(b"".join(ClientChatMessage.bytes(11, 10, "x" * 1000) for _ in range(20_000)))  # 20 MB for deaf
+    wait_for(lambda: len(a.hosts_db[10].write_buffer) > 1_000_000, "output to pile up for the deaf client")
+    deaf.send(b"\x07")  # a protocol error: its status cannot get past 20 MB that it does not read
+    wait_for(lambda: 10 not in a.hosts_db, "the deaf client to be closed after the grace and announced")
+    wait_for(a.is_quiet, "A to be quiet, not spinning on a link it no longer reads")
+
+
+def test_a_chat_handler_put_on_the_object_sees_every_chat(network):
+    a = network.server(id=1, servername="A")
+    seen = []
+
+    def recording_handler(io_device, message):
+        seen.append(message.content)
+
+    a.server.handle_client_chat_message = recording_handler  # as a course's test might, after construction
+    left, right = RawPeer.client(a.port, 10, "left"), RawPeer.client(a.port, 11, "right")
+    left.wait_for(lambda m: len(m) >= 2, "right to be announced")
+    left.send(ClientChatMessage.bytes(10, 11, "hello"))
+    wait_for(lambda: seen == ["hello"], "the replaced handler to see the chat")
+
+
 def test_a_burst_of_100000_messages_arrives_whole_and_in_order(network):
     a = network.server(id=1, servername="A")
     b = network.server(id=2, servername="B", parent=a)
