@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import select
 import random
+import select
 import selectors
 import signal
 import socket
@@ -68,8 +68,6 @@ _FRAME_LAYOUTS: Dict[int, Tuple[int, Optional[int]]] = {
 _LAST_HOP = slice(5, 9)  # byte range of the last hop id in a registration frame
 _CHAT_FIELDS = struct.Struct("!III")  # a chat after its type byte: source, destination, content length
 _CHAT_HEADER_SIZE = _FRAME_LAYOUTS[CLIENT_CHAT][0]
-
-
 _HANDLER_NAMES = {
     SERVER_REGISTRATION: "handle_server_registration_message",
     STATUS_UPDATE: "handle_status_message",
