@@ -213,54 +213,55 @@ class StatusUpdateMessage(_Message):
         return message
 
 
-class ClientChatMessage(_Message):
+class _TwoIdMessage(_Message):
+    """Shared layout of client chats and server quits: source id, a second id, content."""
+
+    TYPE: int
+    SECOND_ID: str  # the attribute that holds the second id
+    SECOND_ID_FIELD: str  # and its name in error messages
+    CONTENT_FIELD: str
+
+    @classmethod
+    def _build(cls, source_id: int, second_id: int, content: str) -> bytes:
+        content_bytes = _encode(content, cls.CONTENT_FIELD, MAX_INT)
+        header = _ID_ID_LENGTH_HEADER.pack(
+            cls.TYPE,
+            _check_unsigned(source_id, "source id", MAX_INT),
+            _check_unsigned(second_id, cls.SECOND_ID_FIELD, MAX_INT),
+            len(content_bytes),
+        )
+        return header + content_bytes
+
+    @classmethod
+    def _parse(cls, frame: bytes) -> "_TwoIdMessage":
+        message = cls.__new__(cls)
+        message.message_type, message.source_id, second_id, _ = _ID_ID_LENGTH_HEADER.unpack_from(frame)
+        setattr(message, cls.SECOND_ID, second_id)
+        message.content = _decode(frame[_ID_ID_LENGTH_HEADER.size:], cls.CONTENT_FIELD)
+        message.bytes = frame
+        return message
+
+
+class ClientChatMessage(_TwoIdMessage):
     TYPE = CLIENT_CHAT
+    SECOND_ID, SECOND_ID_FIELD, CONTENT_FIELD = "destination_id", "destination id", "chat content"
     destination_id: int
     content: str
 
     @staticmethod
     def bytes(source_id: int, destination_id: int, content: str) -> bytes:  # type: ignore[override]
-        content_bytes = _encode(content, "chat content", MAX_INT)
-        header = _ID_ID_LENGTH_HEADER.pack(
-            CLIENT_CHAT,
-            _check_unsigned(source_id, "source id", MAX_INT),
-            _check_unsigned(destination_id, "destination id", MAX_INT),
-            len(content_bytes),
-        )
-        return header + content_bytes
-
-    @classmethod
-    def _parse(cls, frame: bytes) -> "ClientChatMessage":
-        message = cls.__new__(cls)
-        message.message_type, message.source_id, message.destination_id, _ = _ID_ID_LENGTH_HEADER.unpack_from(frame)
-        message.content = _decode(frame[_ID_ID_LENGTH_HEADER.size:], "chat content")
-        message.bytes = frame
-        return message
+        return ClientChatMessage._build(source_id, destination_id, content)
 
 
-class ServerQuitMessage(_Message):
+class ServerQuitMessage(_TwoIdMessage):
     TYPE = SERVER_QUIT
+    SECOND_ID, SECOND_ID_FIELD, CONTENT_FIELD = "replacement_id", "replacement server id", "server quit content"
     replacement_id: int
     content: str
 
     @staticmethod
     def bytes(source_id: int, replacement_server_id: int, content: str) -> bytes:  # type: ignore[override]
-        content_bytes = _encode(content, "server quit content", MAX_INT)
-        header = _ID_ID_LENGTH_HEADER.pack(
-            SERVER_QUIT,
-            _check_unsigned(source_id, "source id", MAX_INT),
-            _check_unsigned(replacement_server_id, "replacement server id", MAX_INT),
-            len(content_bytes),
-        )
-        return header + content_bytes
-
-    @classmethod
-    def _parse(cls, frame: bytes) -> "ServerQuitMessage":
-        message = cls.__new__(cls)
-        message.message_type, message.source_id, message.replacement_id, _ = _ID_ID_LENGTH_HEADER.unpack_from(frame)
-        message.content = _decode(frame[_ID_ID_LENGTH_HEADER.size:], "server quit content")
-        message.bytes = frame
-        return message
+        return ServerQuitMessage._build(source_id, replacement_server_id, content)
 
 
 class ClientQuitMessage(_Message):

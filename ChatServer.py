@@ -280,7 +280,7 @@ class CRCServer:
             for key in keys:
                 poller.register(key.fd, select.POLLIN)
             ready = poller.poll(0)
-        except (RuntimeError, ValueError, OSError, TypeError):  # the loop changed its sockets meanwhile
+        except (RuntimeError, ValueError, OSError, TypeError, AttributeError):  # sockets changed meanwhile, or no poll() here
             return False
         return not ready and self.busy_turns == turn
 
