@@ -190,7 +190,8 @@ class CRCServer:
     def _make_logger(self, log_file: Optional[str], verbose: bool) -> logging.Logger:
         # A logger outside logging's global tree: many servers share a process in tests, and each
         # log file must hold only its own server's lines.
-        logger = logging.Logger(f"CRCServer {self.server_name} ({self.id})", logging.DEBUG if verbose else logging.INFO)
+        level = logging.DEBUG if verbose else logging.INFO
+        logger = logging.Logger(f"CRCServer {self.server_name} ({self.id})", level)
         if log_file:
             handler = logging.FileHandler(log_file, mode="w", encoding="utf-8")
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
@@ -223,7 +224,8 @@ class CRCServer:
         self.server_socket = sock
         self.port = sock.getsockname()[1]
         self.listening = True
-        self.logger.info("%s (id %d) listening on %s:%d", self.server_name, self.id, self.bind_address or "*", self.port)
+        self.logger.info("%s (id %d) listening on %s:%d",
+                         self.server_name, self.id, self.bind_address or "*", self.port)
 
     def connect_to_server(self) -> None:
         host = "127.0.0.1" if self.run_on_localhost else (self.connect_to_host or "localhost")
@@ -280,7 +282,8 @@ class CRCServer:
             for key in keys:
                 poller.register(key.fd, select.POLLIN)
             ready = poller.poll(0)
-        except (RuntimeError, ValueError, OSError, TypeError, AttributeError):  # sockets changed meanwhile, or no poll() here
+        except (RuntimeError, ValueError, OSError, TypeError, AttributeError):
+            # The loop changed its sockets meanwhile (or this system has no poll()): not provably quiet.
             return False
         return not ready and self.busy_turns == turn
 
@@ -407,7 +410,8 @@ class CRCServer:
         offset = 0
         run_link: Optional[BaseConnectionData] = None  # where the chats in data[run_start:offset] go
         run_start = 0
-        route: Tuple[int, int, Optional[BaseConnectionData]] = (0, 0, None)  # last (source, destination, next link)
+        # The last chat's (source, destination, next link): runs of chats mostly share one route.
+        route: Tuple[int, int, Optional[BaseConnectionData]] = (0, 0, None)
         problem = None
         fast_chats = self.forwards_chats_fast()
         try:
@@ -470,7 +474,8 @@ class CRCServer:
         None for anything else, which handle_client_chat_message then deals with. Keep it in step with
         check_source() and send_to_host(), whose checks it repeats for speed."""
         sender = self.hosts_db.get(source)
-        if sender is None or sender.first_link_id != getattr(link, "id", None) or self.hosts_db.get(link.id) is not link:
+        link_id = getattr(link, "id", None)
+        if sender is None or sender.first_link_id != link_id or self.hosts_db.get(link_id) is not link:
             return None
         target = self.hosts_db.get(destination)
         if type(target) is not ClientConnectionData:
@@ -581,7 +586,8 @@ class CRCServer:
 
     def relayed(self, registration_frame: bytes) -> bytes:
         """A registration as this server forwards it: the same bytes with our id as the last hop."""
-        return registration_frame[:_LAST_HOP.start] + self.id.to_bytes(4, "big") + registration_frame[_LAST_HOP.stop:]
+        return (registration_frame[:_LAST_HOP.start] + self.id.to_bytes(4, "big")
+                + registration_frame[_LAST_HOP.stop:])
 
     def reject(self, link: BaseConnectionData, status_code: int, text: str) -> None:
         """Answer a refused peer over its own link with destination 0, then close that link."""
@@ -644,7 +650,8 @@ class CRCServer:
         lost = [host for host in self.hosts_db.values() if host.first_link_id == link.id]
         for host in lost:
             self.forget(host)
-        self.logger.info("the link to %s is gone, and with it %d machine(s): %s", self.describe(link), len(lost), reason)
+        self.logger.info("the link to %s is gone, and with it %d machine(s): %s",
+                         self.describe(link), len(lost), reason)
         for host in lost:
             if isinstance(host, ClientConnectionData):
                 self.flood(ClientQuitMessage.bytes(host.id, reason), link, to_clients=True)
@@ -753,7 +760,8 @@ class CRCServer:
     def send_network_state(self, neighbour: ServerConnectionData, include_self: bool) -> None:
         """Tell a new neighbour server about every machine this side of the tree knows."""
         if include_self:
-            self.send(neighbour, ServerRegistrationMessage.bytes(self.id, self.id, self.server_name, self.server_info))
+            ourselves = ServerRegistrationMessage.bytes(self.id, self.id, self.server_name, self.server_info)
+            self.send(neighbour, ourselves)
         state = b"".join(host.registration for host in self.hosts_db.values() if host is not neighbour)
         if state:
             self.send(neighbour, state)
@@ -776,8 +784,8 @@ class CRCServer:
             known_clients = [host for host in self.hosts_db.values() if isinstance(host, ClientConnectionData)]
             self.promote(io_device, client)
             self.adjacent_user_ids.append(client_id)
-            self.send(client, StatusUpdateMessage.bytes(
-                self.id, client_id, STATUS_WELCOME, f"Welcome to the Clemson Relay Chat network {client.client_name}"))
+            welcome = f"Welcome to the Clemson Relay Chat network {client.client_name}"
+            self.send(client, StatusUpdateMessage.bytes(self.id, client_id, STATUS_WELCOME, welcome))
             if known_clients:
                 self.send(client, b"".join(other.registration for other in known_clients))
             self.logger.info("client %s (%d) joined here", client.client_name, client_id)
@@ -868,13 +876,14 @@ def parse_arguments(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--bind", default="", help="address to listen on (default: all interfaces)")
     parser.add_argument("--log-file", dest="log_file", help="also write the log to this file")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every message")
-    parser.add_argument("--split-hold", dest="split_hold", type=float, default=DEFAULT_SPLIT_HOLD, metavar="SECONDS",
-                        help="how long the hosts behind a lost link stay known before their departure is announced"
-                             " (default %(default)g; 0: at once)")
-    parser.add_argument("--register-timeout", dest="register_timeout", type=float, default=DEFAULT_REGISTER_TIMEOUT,
-                        metavar="SECONDS", help="drop a connection that has not registered by then (default %(default)g)")
+    parser.add_argument("--split-hold", dest="split_hold", type=float, default=DEFAULT_SPLIT_HOLD,
+                        metavar="SECONDS", help="how long the hosts behind a lost link stay known before"
+                        " their departure is announced (default %(default)g; 0: at once)")
+    parser.add_argument("--register-timeout", dest="register_timeout", type=float,
+                        default=DEFAULT_REGISTER_TIMEOUT, metavar="SECONDS",
+                        help="drop a connection that has not registered by then (default %(default)g)")
     parser.add_argument("--max-output", dest="max_output", type=int, default=DEFAULT_MAX_OUTPUT, metavar="BYTES",
-                        help="drop a peer whose unsent output grows past this (default %(default)d)")
+                        help="drop a client whose unsent output grows past this (default %(default)d)")
     parser.add_argument("--stall-timeout", dest="stall_timeout", type=float, default=DEFAULT_STALL_TIMEOUT,
                         metavar="SECONDS", help="drop a server link that takes no bytes for this long while"
                         " others wait for it (default %(default)g)")
