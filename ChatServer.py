@@ -883,7 +883,7 @@ def parse_arguments(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         default=DEFAULT_REGISTER_TIMEOUT, metavar="SECONDS",
                         help="drop a connection that has not registered by then (default %(default)g)")
     parser.add_argument("--max-output", dest="max_output", type=int, default=DEFAULT_MAX_OUTPUT, metavar="BYTES",
-                        help="drop a client whose unsent output grows past this (default %(default)d)")
+                        help="drop a peer whose unsent output grows past this (default %(default)d)")
     parser.add_argument("--stall-timeout", dest="stall_timeout", type=float, default=DEFAULT_STALL_TIMEOUT,
                         metavar="SECONDS", help="drop a server link that takes no bytes for this long while"
                         " others wait for it (default %(default)g)")
