@@ -19,16 +19,25 @@ from ChatServer import CRCServer
 DEADLINE = 10.0  # seconds a test waits for something that should happen at once on loopback
 
 
-def wait_for(condition: Callable[[], Any], what: str, timeout: float = DEADLINE) -> Any:
-    """Poll until condition() is truthy; fail saying what was awaited and what was last seen."""
+def wait_until(predicate: Callable[[], Any], describe: Callable[[], str], timeout: float = DEADLINE) -> None:
+    """Poll until predicate() holds; fail with describe(), which says what was expected and seen."""
     deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
+    while not predicate():
         if time.monotonic() > deadline:
-            raise AssertionError(f"waited {timeout:.0f} s for {what}; last saw {result!r}")
+            raise AssertionError(f"after {timeout:g} s: {describe()}")
         time.sleep(0.01)
+
+
+def wait_for(condition: Callable[[], Any], what: str, timeout: float = DEADLINE) -> Any:
+    """Poll until condition() is truthy and return it; fail saying what was awaited and last seen."""
+    last: List[Any] = [None]
+
+    def check() -> Any:
+        last[0] = condition()
+        return last[0]
+
+    wait_until(check, lambda: f"waited for {what}; last saw {last[0]!r}", timeout)
+    return last[0]
 
 
 def server_options(**overrides: Any) -> argparse.Namespace:

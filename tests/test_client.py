@@ -5,18 +5,15 @@ from __future__ import annotations
 
 import argparse
 import socket
-import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterator, List
+from typing import Iterator, List
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from ChatClient import MAX_ID, CRCClient  # noqa: E402
-from ChatMessageParser import (  # noqa: E402
+from ChatClient import MAX_ID, CRCClient
+from ChatMessageParser import (
     ClientChatMessage,
     ClientQuitMessage,
     ClientRegistrationMessage,
@@ -25,21 +22,13 @@ from ChatMessageParser import (  # noqa: E402
     StatusUpdateMessage,
     StreamDecoder,
 )
-from ChatServer import CRCServer  # noqa: E402
+from ChatServer import CRCServer
+from netkit import wait_until
 
 pytestmark = pytest.mark.timeout(30)
 
 DEADLINE_SECONDS = 5.0
 SERVER_ID = 900
-
-
-def wait_until(predicate: Callable[[], bool], describe: Callable[[], str], timeout: float = DEADLINE_SECONDS) -> None:
-    """Poll until predicate() holds; fail with describe(), which says what was expected and seen."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"after {timeout} s: {describe()}")
-        time.sleep(0.01)
 
 
 class ScriptedPeer:

@@ -10,7 +10,6 @@ import argparse
 import signal
 import socket
 import threading
-import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -365,6 +364,7 @@ def test_a_chat_handler_put_on_the_object_sees_every_chat(network):
 
     a.server.handle_client_chat_message = recording_handler  # as a course's test might, after construction
     left, right = RawPeer.client(a.port, 10, "left"), RawPeer.client(a.port, 11, "right")
+    right.wait_for(lambda m: m, "right's welcome")
     left.wait_for(lambda m: len(m) >= 2, "right to be announced")
     left.send(ClientChatMessage.bytes(10, 11, "hello"))
     wait_for(lambda: seen == ["hello"], "the replaced handler to see the chat")

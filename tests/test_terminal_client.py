@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Callable, Iterator, List
 
@@ -17,10 +16,10 @@ import pexpect
 import pexpect.popen_spawn
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from ChatServer import CRCServer
+from netkit import wait_until
 
-from ChatServer import CRCServer  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = [
     pytest.mark.timeout(30),
@@ -29,14 +28,6 @@ pytestmark = [
 
 DEADLINE_SECONDS = 5.0
 CLIENT = str(ROOT / "ChatClient.py")
-
-
-def wait_until(predicate: Callable[[], bool], describe: Callable[[], str], timeout: float = DEADLINE_SECONDS) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"after {timeout} s: {describe()}")
-        time.sleep(0.01)
 
 
 class Terminal:
