@@ -10,7 +10,6 @@ messages and keeps `connected_user_ids`, `status_updates_log` and `chat_messages
 from __future__ import annotations
 
 import argparse
-import itertools
 import logging
 import os
 import queue
@@ -22,6 +21,7 @@ import sys
 import threading
 from typing import Any, Callable, Dict, List, Optional
 
+from ChatMessageParser import MAX_INT as MAX_ID
 from ChatMessageParser import (
     ClientChatMessage,
     ClientQuitMessage,
@@ -32,7 +32,6 @@ from ChatMessageParser import (
     StreamDecoder,
 )
 
-MAX_ID = 0xFFFFFFFF
 POLL_SECONDS = 0.1  # how soon the listener notices request_terminate
 RECV_SIZE = 4096
 CONNECT_TIMEOUT_SECONDS = 10.0
@@ -40,9 +39,6 @@ CONNECT_TIMEOUT_SECONDS = 10.0
 # Called from the listener thread after the client's state has taken a message in. The second
 # argument is the name the sender had before the message (so a quit still has a name), or None.
 EventHook = Callable[[Message, Optional[str]], None]
-
-_logger_numbers = itertools.count(1)  # keeps loggers apart when two clients share a name and id
-
 
 class CRCClient:
     def __init__(self, options: Any, run_on_localhost: bool = False) -> None:
@@ -74,12 +70,14 @@ class CRCClient:
         self.logger = self._make_logger()
 
     def _make_logger(self) -> logging.Logger:
-        logger = logging.getLogger(f"CRCClient.{self.client_name}.{self.id}.{next(_logger_numbers)}")
-        logger.setLevel(logging.DEBUG if self.debug else logging.INFO)
+        # A logger outside logging's global tree: one per client, gone with the client, so two
+        # clients with the same name and id still log apart and nothing piles up in a long run.
+        level = logging.DEBUG if self.debug else logging.INFO
+        logger = logging.Logger(f"CRCClient {self.client_name} ({self.id})", level)
         formatter = logging.Formatter(f"%(asctime)s {self.client_name}[{self.id}] %(levelname)s %(message)s")
         handlers: List[logging.Handler] = []
         if self.log_file:
-            handlers.append(logging.FileHandler(self.log_file))
+            handlers.append(logging.FileHandler(self.log_file, encoding="utf-8", delay=True))
         if self.verbose:
             handlers.append(logging.StreamHandler(sys.stderr))
         # Without a handler of our own, logging's last resort would print warnings over a terminal UI.
@@ -93,11 +91,12 @@ class CRCClient:
         server cannot be reached."""
         if not self.server_host:
             raise ValueError("no server host given")
+        # Built first: a name or info that does not fit is refused before anything is opened.
+        registration = ClientRegistrationMessage.bytes(self.id, 0, self.client_name, self.client_info)
         self._socket = socket.create_connection((self.server_host, self.server_port), CONNECT_TIMEOUT_SECONDS)
         self._socket.settimeout(None)
         self.connected = True
         self.logger.info("connected to %s:%d", self.server_host, self.server_port)
-        registration = ClientRegistrationMessage.bytes(self.id, 0, self.client_name, self.client_info)
         self._send(registration, "registration")
         self._listener = threading.Thread(target=self._listen, name=f"CRCClient-{self.client_name}", daemon=True)
         self._listener.start()
@@ -113,15 +112,18 @@ class CRCClient:
 
     def is_quiet(self) -> bool:
         """True when nothing more is on its way to this client as far as it can tell: it has been
-        answered (welcomed or refused) and has nothing unread, not even part of a message. Safe to call from another thread."""
+        answered (welcomed or refused) and has nothing unread, not even part of a message. Safe to
+        call from another thread."""
         turn = self.busy_turns
         if not self.connected:
             return True
         if turn % 2 or not self.status_updates_log or self._decoder.pending or self._socket is None:
             return False
         try:
-            ready = select.select([self._socket], [], [], 0)[0]
-        except (OSError, ValueError):
+            poller = select.poll()  # unlike select.select, not limited to descriptors below 1024
+            poller.register(self._socket, select.POLLIN)
+            ready = poller.poll(0)
+        except (OSError, ValueError, AttributeError):  # closed meanwhile, or no poll() on this system
             return not self.connected
         return not ready and self.busy_turns == turn
 
@@ -226,6 +228,20 @@ HELP = """Commands:
   any other line         send it to the last person you messaged"""
 
 
+def describe_event(message: Message, known_name: Optional[str]) -> Optional[str]:
+    """One line for a person: what a client saw happen (None for what a person need not see)."""
+    sender = known_name or f"id {message.source_id}"
+    if isinstance(message, ClientRegistrationMessage):
+        return f"* {message.client_name} is online (id {message.source_id})"
+    if isinstance(message, ClientQuitMessage):
+        return f"* {sender} left" + (f": {message.content}" if message.content else "")
+    if isinstance(message, ClientChatMessage):
+        return f"{sender}: {message.content}"
+    if isinstance(message, StatusUpdateMessage):
+        return f"[server] {message.content}"
+    return None
+
+
 class TerminalChat:
     """Reads lines from stdin and prints the network's events as they arrive.
 
@@ -291,15 +307,9 @@ class TerminalChat:
         return self.client.connected_user_ids.get(user_id, f"id {user_id}")
 
     def show_event(self, message: Message, known_name: Optional[str]) -> None:
-        sender = known_name or f"id {message.source_id}"
-        if isinstance(message, ClientRegistrationMessage):
-            self.say(f"* {message.client_name} is online (id {message.source_id})")
-        elif isinstance(message, ClientQuitMessage):
-            self.say(f"* {sender} left" + (f": {message.content}" if message.content else ""))
-        elif isinstance(message, ClientChatMessage):
-            self.say(f"{sender}: {message.content}")
-        elif isinstance(message, StatusUpdateMessage):
-            self.say(f"[server] {message.content}")
+        text = describe_event(message, known_name)
+        if text is not None:
+            self.say(text)
 
     def handle_line(self, line: str) -> Optional[int]:
         """Carry out one input line; returns an exit status when the program should end."""

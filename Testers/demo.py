@@ -11,8 +11,8 @@ import threading
 import time
 from typing import Callable, Dict, List, Optional
 
-from ChatClient import CRCClient
-from ChatMessageParser import ClientChatMessage, ClientQuitMessage, ClientRegistrationMessage, Message, StatusUpdateMessage
+from ChatClient import CRCClient, describe_event
+from ChatMessageParser import Message
 from ChatServer import CRCServer
 from Testers.drawing import MachineView, draw_network
 from Testers.quiet import wait_until_quiet
@@ -76,18 +76,9 @@ class Demo:
 
     def show(self, client: CRCClient, message: Message, known_name: Optional[str]) -> None:
         """An event as the client that received it sees it (as the terminal client prints it)."""
-        sender = known_name or f"id {message.source_id}"
-        if isinstance(message, ClientRegistrationMessage):
-            text = f"* {message.client_name} is online (id {message.source_id})"
-        elif isinstance(message, ClientQuitMessage):
-            text = f"* {sender} left" + (f": {message.content}" if message.content else "")
-        elif isinstance(message, ClientChatMessage):
-            text = f"{sender}: {message.content}"
-        elif isinstance(message, StatusUpdateMessage):
-            text = f"[server] {message.content}"
-        else:
-            return
-        self.shout(f"    [{client.client_name} sees] {text}")
+        text = describe_event(message, known_name)
+        if text is not None:
+            self.shout(f"    [{client.client_name} sees] {text}")
 
     def draw(self) -> str:
         views = [MachineView(server.server_name, "server", server.id, None,
