@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import multiprocessing
 import os
 import re
@@ -54,7 +55,7 @@ if str(KIT_DIR) not in sys.path:  # so the kit's own modules import when this fi
 # when a submission brings its own.
 import ChatMessageParser  # noqa: E402,F401
 import ChatClient  # noqa: E402
-from Testers import tester_class  # noqa: E402
+from Testers import TESTER_FACTORIES, tester_class  # noqa: E402
 from Testers.checker import allowed_keys, check_final_state, observed, validate_final_state  # noqa: E402
 from Testers import ports  # noqa: E402
 from Testers.drawing import MachineView, draw_network  # noqa: E402
@@ -197,7 +198,7 @@ def _parse_client_command(arguments: List[str]) -> ClientCommand:
     if action == "QUIT":
         return ClientCommand(username, action, " ".join(rest))
     if action == "MESSAGE":
-        if len(rest) < 2 or not rest[0].isdigit():
+        if len(rest) < 2 or not (rest[0].isascii() and rest[0].isdigit()):
             raise CaseError(f"CLIENTCOMMAND --command MESSAGE needs a destination id and a text, not {rest!r}")
         return ClientCommand(username, action, " ".join(rest[1:]), int(rest[0]))
     raise CaseError(f"CLIENTCOMMAND: unknown command {action!r}; expected MESSAGE or QUIT")
@@ -221,7 +222,7 @@ def parse_command(line: str) -> Command:
             seconds = float(arguments[0]) if len(arguments) == 1 else -1.0
         except ValueError:
             seconds = -1.0
-        if seconds < 0:
+        if not 0 <= seconds < math.inf:  # also refuses nan
             raise CaseError(f"WAIT needs one number of seconds, not {arguments!r}")
         return Wait(seconds)
     if verb == "KILL":
@@ -268,10 +269,8 @@ def load_case(path: Path) -> Case:
     # The course's files may carry keys of their own: ignored, but said, in case one is a typo.
     warnings = [f"warning: ignored the unknown top-level key {key!r}; a case has {sorted(CASE_KEYS)}"
                 f" and may have {sorted(OPTIONAL_CASE_KEYS)}" for key in sorted(data.keys() - CASE_KEYS - OPTIONAL_CASE_KEYS)]
-    try:
-        tester_class(data["type"], object)
-    except ValueError as error:
-        raise CaseError(str(error)) from None
+    if data["type"] not in TESTER_FACTORIES:
+        raise CaseError(f"unknown case type {data['type']!r}; expected one of {sorted(TESTER_FACTORIES)}")
     if not isinstance(data["commands"], list):
         raise CaseError("commands must be a list of strings")
     commands = []
@@ -294,7 +293,7 @@ def load_case(path: Path) -> Case:
     if problems:
         raise CaseError("; ".join(problems))
     weight = data.get("weight", 1)
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
+    if not _is_weight(weight):
         raise CaseError(f"weight must be a number of points, not {weight!r}")
     return Case(path.stem, path, data["type"], list(data["commands"]), commands, data["final_state"],
                 weight, str(data.get("family", "")), str(data.get("description", "")), warnings)
@@ -306,7 +305,11 @@ def _declared_weight(path: Path) -> float:
         weight = json.loads(path.read_text(encoding="utf-8")).get("weight", 1)
     except (OSError, ValueError, AttributeError):
         return 1
-    return weight if isinstance(weight, (int, float)) and not isinstance(weight, bool) and weight >= 0 else 1
+    return weight if _is_weight(weight) else 1
+
+
+def _is_weight(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
 
 
 def _natural_key(name: str) -> list:
@@ -476,7 +479,9 @@ class CaseRun:
             for name in list(self.servers):
                 self.stop_server(name)
             for client in self.clients.values():
-                client.request_terminate = True
+                client.request_terminate = True  # all at once, then wait for each listener to end
+            for client in self.clients.values():
+                client.stop()
         elif command.target in self.servers:
             self.stop_server(command.target)
         else:
@@ -540,11 +545,8 @@ class CaseRun:
 
     def stop_client(self, name: str) -> None:
         """Stop a client and wait until its connection is closed, so that the next WAIT sees its server
-        react (our client's stop() waits for its listener; another client only gets asked)."""
-        client = self.clients[name]
-        client.request_terminate = True
-        if callable(getattr(client, "stop", None)):
-            client.stop()
+        react."""
+        self.clients[name].stop()
 
     def stop_everything(self, join: bool) -> None:
         """Stop whatever still runs: after a failure, or when the time limit gives up on the case."""

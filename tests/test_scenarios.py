@@ -214,7 +214,10 @@ def test_client_commands_keep_the_quotes_in_the_text() -> None:
     ("LAUNCHCLIENT --username x --serverport nine", "nine"),
     ("CLIENTCOMMAND --username kim --command SHOUT hi", "SHOUT"),
     ("CLIENTCOMMAND --username kim --command MESSAGE bob hi", "destination id"),
+    ("CLIENTCOMMAND --username kim --command MESSAGE \u00b2 hi", "destination id"),
     ("WAIT soon", "WAIT"),
+    ("WAIT nan", "WAIT"),
+    ("WAIT inf", "WAIT"),
     ("KILL", "KILL"),
     ("DANCE", "DANCE"),
 ])
