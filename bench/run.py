@@ -28,7 +28,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Dict, List, Optional, Sequence
 
 import wire
@@ -50,16 +50,14 @@ class Load:
     idle_seconds: float
     memory_clients: int
     suite_cases: List[str]  # names given to ChatTestManager.py; empty: every case
-
-    @property
-    def full(self) -> bool:
-        return self == FULL
+    full: bool  # the issue's loads: only then is a row judged against its goal
+    profile_to: Optional[str] = None  # run the middle server of the 3-server throughput chain under cProfile
 
 
 FULL = Load(messages=200_000, repeats=3, round_trips=3000, warmup=200, storm_clients=1000, idle_seconds=5.0,
-            memory_clients=5000, suite_cases=[])
+            memory_clients=5000, suite_cases=[], full=True)
 QUICK = Load(messages=20_000, repeats=1, round_trips=300, warmup=50, storm_clients=100, idle_seconds=1.0,
-             memory_clients=300, suite_cases=["3_1"])
+             memory_clients=300, suite_cases=["3_1"], full=False)
 
 
 @dataclass
@@ -145,11 +143,11 @@ def blast(sender: socket.socket, receiver: socket.socket, count: int, frame: byt
     return elapsed
 
 
-def bench_throughput(load: Load, profile_to: Optional[str]) -> List[Row]:
+def bench_throughput(load: Load) -> List[Row]:
     rows = []
     frame = wire.chat_frame(101, 102)
     for length in (1, 3):
-        profile = profile_to if length == 3 else None
+        profile = load.profile_to if length == 3 else None
         progress(f"throughput: a chain of {length} server(s) with a client at each end, and a chain of {length}"
                  " relay(s)" + (" (middle server under cProfile: its figure is not representative)" if profile else ""))
         rates: Dict[str, List[float]] = {"ours": [], "ceiling": []}
@@ -174,8 +172,9 @@ def bench_throughput(load: Load, profile_to: Optional[str]) -> List[Row]:
             row.goal = "ratio ≥ 0.5"
             row.met = row.ratio >= 0.5 if load.full and not profile else None
         rows.append(row)
-    NOTES.append(f"Throughput: {load.messages} chat frames of {FRAME_SIZE} bytes in all (13-byte header, "
-                 f"{FRAME_SIZE - 13} bytes of content), sent back to back from a client on the first server "
+    NOTES.append(f"Throughput: {load.messages} chat frames of {FRAME_SIZE} bytes in all ({wire.CHAT_HEADER}-byte"
+                 f" header, {FRAME_SIZE - wire.CHAT_HEADER} bytes of content), sent back to back from a client"
+                 " on the first server "
                  f"to a client on the last; timed until the last byte arrives; median of {load.repeats} run(s), "
                  "alternating with the relays.")
     return rows
@@ -460,10 +459,8 @@ def bench_memory(load: Load) -> List[Row]:
 def bench_suite(load: Load) -> List[Row]:
     manager = KIT_DIR / "ChatTestManager.py"
     name = "scenario suite CPU" + (f" (cases {', '.join(load.suite_cases)})" if load.suite_cases else "")
-    if not manager.exists():
-        NOTES.append("Scenario suite: ChatTestManager.py is not in the kit yet, so its CPU time is not available.")
-        return [Row(name, "s", None)]
-    progress(f"suite: running {' '.join(['python3 ChatTestManager.py'] + load.suite_cases)}")
+    command = " ".join(["python3 ChatTestManager.py"] + load.suite_cases)
+    progress(f"suite: running {command}")
     with tempfile.TemporaryDirectory(prefix="crc-bench-suite-") as logs, \
             open(os.path.join(logs, "output.txt"), "w+") as output:
         start = time.monotonic()
@@ -476,7 +473,6 @@ def bench_suite(load: Load) -> List[Row]:
         last_line = (output.read().strip().splitlines() or ["(no output)"])[-1]
     cpu = usage.ru_utime + usage.ru_stime
     progress(f"suite: {cpu:.2f} s CPU over {wall:.1f} s; it said: {last_line}")
-    command = " ".join(["python3 ChatTestManager.py"] + load.suite_cases)
     NOTES.append(f"Scenario suite: user+system CPU of `{command}` and every thread it ran"
                  f" (wall {wall:.1f} s, exit status {popen.returncode}: {last_line}).")
     return [Row(name, "s", cpu, digits=2)]
@@ -484,7 +480,7 @@ def bench_suite(load: Load) -> List[Row]:
 
 # ------------------------------------------------------------------------------------ the table
 
-BENCHMARKS: Dict[str, Callable[..., List[Row]]] = {
+BENCHMARKS: Dict[str, Callable[[Load], List[Row]]] = {
     "throughput": bench_throughput,
     "latency": bench_latency,
     "storm": bench_storm,
@@ -529,17 +525,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     unknown = [name for name in chosen if name not in BENCHMARKS]
     if unknown:
         parser.error(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
-    load = QUICK if options.quick else FULL
+    load = replace(QUICK if options.quick else FULL,
+                   profile_to=options.profile and os.path.abspath(options.profile))
     if options.quick:
         NOTES.append("Quick run: small loads, so no row is judged against its goal.")
     rows: List[Row] = []
     for name in chosen:
         progress(f"== {name} ==")
         try:
-            if name == "throughput":
-                rows += bench_throughput(load, options.profile and os.path.abspath(options.profile))
-            else:
-                rows += BENCHMARKS[name](load)
+            rows += BENCHMARKS[name](load)
         except Exception as error:  # one broken benchmark must not hide the others' figures
             progress(f"{name} FAILED: {error}")
             rows.append(Row(name, "", None, failure=f"failed: {error}"))

@@ -14,6 +14,8 @@ from typing import Iterable, Set
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the kit's codec, at the project root
 from ChatMessageParser import (  # noqa: E402
+    CLIENT_CHAT,
+    HEADER_SIZES,
     CLIENT_REGISTRATION,
     STATUS_UPDATE,
     ClientChatMessage,
@@ -23,8 +25,9 @@ from ChatMessageParser import (  # noqa: E402
 )
 
 HOST = "127.0.0.1"
-FRAME_SIZE = 64  # every benchmark chat frame is 64 bytes in all: a 13-byte header and 51 bytes of content
-CONTENT = "x" * (FRAME_SIZE - 13)
+CHAT_HEADER = HEADER_SIZES[CLIENT_CHAT]
+FRAME_SIZE = 64  # every benchmark chat frame is 64 bytes in all: its header and 51 bytes of content
+CONTENT = "x" * (FRAME_SIZE - CHAT_HEADER)
 
 
 def chat_frame(source_id: int, destination_id: int) -> bytes:
