@@ -62,6 +62,7 @@ from Testers.drawing import MachineView, draw_network  # noqa: E402
 from Testers.ports import PortMap, port_block  # noqa: E402
 from Testers.quiet import WaitRecord, can_report_quiet, wait_until_quiet  # noqa: E402
 from Testers.reports import write_gradescope, write_junit  # noqa: E402
+from Testers.trace import TraceCapture, capture_stdout  # noqa: E402
 
 DEFAULT_CASES_DIR = KIT_DIR / "TestCases"
 DEFAULT_LOGS_DIR = KIT_DIR / "Logs"
@@ -638,7 +639,7 @@ def run_case(path: Path, settings: Optional[Settings] = None) -> CaseResult:
     log_dir.mkdir(parents=True, exist_ok=True)
     run = CaseRun(case, settings, server_class, log_dir)
     limit = settings.timeout + settings.slow * case.total_wait
-    with _ThreadErrors() as thread_errors:
+    with _ThreadErrors() as thread_errors, capture_stdout() as trace:
         worker = threading.Thread(target=run.execute, name=f"case {case.name}", daemon=True)
         worker.start()
         worker.join(limit)
@@ -652,11 +653,12 @@ def run_case(path: Path, settings: Optional[Settings] = None) -> CaseResult:
     drawing = run.draw() if problems and (run.servers or run.clients) else ""
     result = CaseResult(case.name, not problems, time.monotonic() - started, problems, case.weight, case.family,
                         drawing, list(run.waits))
-    _write_log(Path(settings.logs_dir) / f"{case.name}.log", case, settings, run, result)
+    _write_log(Path(settings.logs_dir) / f"{case.name}.log", case, settings, run, result, trace)
     return result
 
 
-def _write_log(log_file: Path, case: Case, settings: Settings, run: CaseRun, result: CaseResult) -> None:
+def _write_log(log_file: Path, case: Case, settings: Settings, run: CaseRun, result: CaseResult,
+               trace: TraceCapture) -> None:
     lines = [
         f"case     {case.name} ({case.path})",
         f"type     {case.type}; weight {case.weight:g}; family {case.family or '-'}",
@@ -680,7 +682,7 @@ def _write_log(log_file: Path, case: Case, settings: Settings, run: CaseRun, res
     for name, state in run.observed_state().items():
         lines.append(f"  {name}")
         lines.extend(f"    {key}: {json.dumps(value, default=repr)}" for key, value in state.items())
-    lines.append("")
+    lines += ["", "trace (what the servers printed):", *trace.ended(), ""]
     log_file.write_text("\n".join(lines), encoding="utf-8")
 
 

@@ -93,12 +93,13 @@ class Fleet:
         self._log_dir.cleanup()
 
     def server(self, server_id: int, parent: Optional[Process] = None, extra: Optional[List[str]] = None,
-               profile_to: Optional[str] = None) -> Process:
-        """Start ChatServer.py on a free loopback port, joining `parent` if given."""
+               profile_to: Optional[str] = None, program: Path = SERVER) -> Process:
+        """Start a ChatServer.py (ours unless `program` says which) on a free loopback port, joining
+        `parent` if given."""
         argv = [sys.executable]
         if profile_to:
             argv += ["-m", "cProfile", "-o", profile_to]
-        argv += [str(SERVER), "--servername", f"s{server_id}", "--id", str(server_id),
+        argv += [str(program), "--servername", f"s{server_id}", "--id", str(server_id),
                  "--bind", HOST, "--port", "0"]
         if parent is not None:
             argv += ["--connect_to_host", HOST, "--connect_to_port", str(parent.port)]
@@ -114,12 +115,12 @@ class Fleet:
         return process
 
     def server_chain(self, length: int, extra: Optional[List[str]] = None,
-                     profile_middle_to: Optional[str] = None) -> List[Process]:
+                     profile_middle_to: Optional[str] = None, program: Path = SERVER) -> List[Process]:
         """Servers 1..length, each joining the one before it."""
         chain: List[Process] = []
         for index in range(length):
             profile = profile_middle_to if index == length // 2 and length > 1 else None
-            chain.append(self.server(index + 1, chain[-1] if chain else None, extra, profile))
+            chain.append(self.server(index + 1, chain[-1] if chain else None, extra, profile, program))
         return chain
 
     def relay_chain(self, length: int, to_port: int) -> List[Process]:

@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
-"""Benchmarks of the CRC server, each beside a ceiling measured in the same command.
+"""Benchmarks of the CRC server, each beside a reference measured in the same command.
 
-    python3 bench/run.py [--quick] [--only NAME ...] [--markdown FILE] [--profile FILE]
+    python3 bench/run.py [--quick] [--only NAME ...] [--markdown FILE] [--profile FILE] [--baseline REV]
 
-The ceiling is bench/relay.py: a plain selectors relay that forwards bytes and parses nothing, run
-and chained like the servers. Every server and relay is its own process on loopback; the harness
+The reference is the ceiling, bench/relay.py: a plain selectors relay that forwards bytes and parses
+nothing, run and chained like the servers. Throughput is also measured beside our own server as it was
+at git revision --baseline (default BASELINE), so that a change that costs speed shows as a ratio. Every server and relay is its own process on loopback; the harness
 drives them over raw sockets and counts bytes in the timed parts, so that it is not the bottleneck.
 Progress goes to stderr; the table goes to stdout (and, with --markdown, to a file as Markdown).
 --quick runs every benchmark on a small load (a smoke run for the tests; its figures are not the
 issue's). --profile FILE runs the middle server of the 3-server throughput chain under cProfile.
+--baseline none leaves the baseline out (where the checkout has no git history, it is left out anyway).
 
 Benchmarks: throughput, latency, storm, idle, memory, suite.
 """
@@ -29,15 +31,20 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, replace
-from typing import Callable, Dict, List, Optional, Sequence
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import wire
-from procs import HOST, KIT_DIR, Fleet, Process
+from procs import HOST, KIT_DIR, SERVER, Fleet, Process
 from wire import FRAME_SIZE, SetupClient
 
 RECEIVE_SIZE = 256 * 1024
 STALL_SECONDS = 20.0  # a timed run with no progress for this long has failed
 CONNECT_BATCH = 100  # connections opened before letting the peer accept them (its backlog is 128)
+
+
+# Our server before issue 8 sent every message through its handler: the throughput it must keep 60 % of.
+BASELINE = "81f4a68"
 
 
 @dataclass
@@ -52,9 +59,10 @@ class Load:
     suite_cases: List[str]  # names given to ChatTestManager.py; empty: every case
     full: bool  # the issue's loads: only then is a row judged against its goal
     profile_to: Optional[str] = None  # run the middle server of the 3-server throughput chain under cProfile
+    baseline: Optional[str] = BASELINE  # git revision of our server to measure throughput beside; None: none
 
 
-FULL = Load(messages=200_000, repeats=3, round_trips=3000, warmup=200, storm_clients=1000, idle_seconds=5.0,
+FULL = Load(messages=200_000, repeats=7, round_trips=3000, warmup=200, storm_clients=1000, idle_seconds=5.0,
             memory_clients=5000, suite_cases=[], full=True)
 QUICK = Load(messages=20_000, repeats=1, round_trips=300, warmup=50, storm_clients=100, idle_seconds=1.0,
              memory_clients=300, suite_cases=["3_1"], full=False)
@@ -65,7 +73,7 @@ class Row:
     name: str
     unit: str
     ours: Optional[float]
-    ceiling: Optional[float] = None
+    reference: Optional[float] = None  # the relay's figure, or the baseline server's where the name says so
     goal: str = "—"
     met: Optional[bool] = None  # None: the row has no goal, or this load is not the goal's
     digits: int = 0
@@ -73,9 +81,9 @@ class Row:
 
     @property
     def ratio(self) -> Optional[float]:
-        if self.ours is None or not self.ceiling:
+        if self.ours is None or not self.reference:
             return None
-        return self.ours / self.ceiling
+        return self.ours / self.reference
 
     def cells(self) -> List[str]:
         def number(value: Optional[float]) -> str:
@@ -84,10 +92,10 @@ class Row:
         ours = self.failure or ("not available" if self.ours is None else number(self.ours))
         ratio = "—" if self.ratio is None else f"{self.ratio:.2f}"
         met = "—" if self.met is None else ("yes" if self.met else "NO")
-        return [self.name, self.unit, ours, number(self.ceiling), ratio, self.goal, met]
+        return [self.name, self.unit, ours, number(self.reference), ratio, self.goal, met]
 
 
-HEADERS = ["benchmark", "unit", "ours", "ceiling", "ratio", "goal", "met"]
+HEADERS = ["benchmark", "unit", "ours", "reference", "ratio", "goal", "met"]
 NOTES: List[str] = []
 
 
@@ -143,40 +151,81 @@ def blast(sender: socket.socket, receiver: socket.socket, count: int, frame: byt
     return elapsed
 
 
+def baseline_program(revision: str, folder: Path) -> Optional[Path]:
+    """Our ChatServer.py and ChatMessageParser.py as they were at a git revision, written into `folder`;
+    None (and a note) where git cannot show them."""
+    for name in ("ChatServer.py", "ChatMessageParser.py"):
+        try:
+            shown = subprocess.run(["git", "-C", str(KIT_DIR), "show", f"{revision}:{name}"], capture_output=True,
+                                   timeout=30)
+        except (OSError, subprocess.TimeoutExpired) as error:
+            NOTES.append(f"Baseline: left out, git could not run ({error}).")
+            return None
+        if shown.returncode:
+            NOTES.append(f"Baseline: left out, `git show {revision}:{name}` failed: "
+                         f"{shown.stderr.decode(errors='replace').strip()}")
+            return None
+        (folder / name).write_bytes(shown.stdout)
+    return folder / "ChatServer.py"
+
+
+def server_pair(fleet: Fleet, length: int, program: Path, profile: Optional[str] = None) -> Tuple[socket.socket, ...]:
+    """A chain of `length` servers with a registered client at each end: (sender, receiver) sockets."""
+    servers = fleet.server_chain(length, profile_middle_to=profile, program=program)
+    receiver = SetupClient(servers[-1].port, 102, "receiver")
+    sender = SetupClient(servers[0].port, 101, "sender")
+    sender.wait_to_know([102])
+    receiver.wait_to_know([101])
+    return sender.sock, receiver.sock
+
+
 def bench_throughput(load: Load) -> List[Row]:
     rows = []
     frame = wire.chat_frame(101, 102)
-    for length in (1, 3):
-        profile = load.profile_to if length == 3 else None
-        progress(f"throughput: a chain of {length} server(s) with a client at each end, and a chain of {length}"
-                 " relay(s)" + (" (middle server under cProfile: its figure is not representative)" if profile else ""))
-        rates: Dict[str, List[float]] = {"ours": [], "ceiling": []}
-        with Fleet() as fleet, listener() as far_end:
-            servers = fleet.server_chain(length, profile_middle_to=profile)
-            receiver = SetupClient(servers[-1].port, 102, "receiver")
-            sender = SetupClient(servers[0].port, 101, "sender")
-            sender.wait_to_know([102])
-            receiver.wait_to_know([101])
-            relays = fleet.relay_chain(length, far_end.getsockname()[1])
-            with wire.connect(relays[0].port) as relay_sender, accept(far_end) as relay_receiver, \
-                    sender.sock, receiver.sock:
-                for attempt in range(load.repeats):  # alternating, so both see the same machine load
-                    progress(f"throughput: run {attempt + 1} of {load.repeats}: {load.messages} messages through"
-                             f" {length} relay(s), then {length} server(s)")
-                    rates["ceiling"].append(load.messages / blast(relay_sender, relay_receiver, load.messages, frame))
-                    rates["ours"].append(load.messages / blast(sender.sock, receiver.sock, load.messages, frame))
-        ours, ceiling = statistics.median(rates["ours"]), statistics.median(rates["ceiling"])
-        progress(f"throughput: {length} server(s) {ours:.0f} msg/s, {length} relay(s) {ceiling:.0f} msg/s (medians)")
-        row = Row(f"throughput, {length} server{'s' if length > 1 else ''}", "msg/s", ours, ceiling)
-        if length == 3:
-            row.goal = "ratio ≥ 0.5"
-            row.met = row.ratio >= 0.5 if load.full and not profile else None
-        rows.append(row)
+    with tempfile.TemporaryDirectory(prefix="crc-bench-baseline-") as folder:
+        baseline = baseline_program(load.baseline, Path(folder)) if load.baseline else None
+        for length in (1, 3):
+            profile = load.profile_to if length == 3 else None
+            chains = f"{length} server(s) with a client at each end, a chain of {length} relay(s)" + \
+                (f" and {length} server(s) as at {load.baseline}" if baseline else "")
+            progress(f"throughput: a chain of {chains}"
+                     + (" (middle server under cProfile: its figure is not representative)" if profile else ""))
+            with Fleet() as fleet, listener() as far_end:
+                pairs = {"ours": server_pair(fleet, length, SERVER, profile)}
+                if baseline:
+                    pairs["baseline"] = server_pair(fleet, length, baseline)
+                relays = fleet.relay_chain(length, far_end.getsockname()[1])
+                pairs["relays"] = (wire.connect(relays[0].port), accept(far_end))
+                rates: Dict[str, List[float]] = {side: [] for side in pairs}
+                try:
+                    for attempt in range(load.repeats):  # alternating, so that all see the same machine load
+                        progress(f"throughput: run {attempt + 1} of {load.repeats}: {load.messages} messages through"
+                                 f" each of: {', '.join(pairs)}")
+                        for side, (sender, receiver) in pairs.items():
+                            rates[side].append(load.messages / blast(sender, receiver, load.messages, frame))
+                finally:
+                    for sock in (sock for pair in pairs.values() for sock in pair):
+                        sock.close()
+            medians = {side: statistics.median(figures) for side, figures in rates.items()}
+            progress("throughput: " + ", ".join(f"{side} {rate:.0f} msg/s" for side, rate in medians.items())
+                     + " (medians)")
+            name = f"throughput, {length} server{'s' if length > 1 else ''}"
+            row = Row(name, "msg/s", medians["ours"], medians["relays"])
+            if length == 3:
+                row.goal = "ratio ≥ 0.5"
+                row.met = row.ratio >= 0.5 if load.full and not profile else None  # type: ignore[operator]
+            rows.append(row)
+            if baseline:
+                before = Row(f"{name}, vs ours at {load.baseline}", "msg/s", medians["ours"], medians["baseline"])
+                if length == 3:
+                    before.goal = "ratio ≥ 0.6"
+                    before.met = before.ratio >= 0.6 if load.full and not profile else None  # type: ignore[operator]
+                rows.append(before)
     NOTES.append(f"Throughput: {load.messages} chat frames of {FRAME_SIZE} bytes in all ({wire.CHAT_HEADER}-byte"
                  f" header, {FRAME_SIZE - wire.CHAT_HEADER} bytes of content), sent back to back from a client"
-                 " on the first server "
-                 f"to a client on the last; timed until the last byte arrives; median of {load.repeats} run(s), "
-                 "alternating with the relays.")
+                 " on the first server to a client on the last; timed until the last byte arrives; median of"
+                 f" {load.repeats} run(s), alternating with the relays"
+                 + (f" and with our server as at {load.baseline} (the 'vs' rows)." if baseline else "."))
     return rows
 
 
@@ -228,8 +277,8 @@ def bench_latency(load: Load) -> List[Row]:
               goal="ratio ≤ 1.5")
     p50.met = p50.ratio <= 1.5 if load.full else None
     p99 = Row("latency p99, 3 servers", "µs", percentile(ours, 0.99) * micro, percentile(ceiling, 0.99) * micro)
-    progress(f"latency: p50 {p50.ours:.0f} µs (relays {p50.ceiling:.0f}), p99 {p99.ours:.0f} µs"
-             f" (relays {p99.ceiling:.0f})")
+    progress(f"latency: p50 {p50.ours:.0f} µs (relays {p50.reference:.0f}), p99 {p99.ours:.0f} µs"
+             f" (relays {p99.reference:.0f})")
     return [p50, p99]
 
 
@@ -520,13 +569,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--markdown", metavar="FILE", help="also write the table as Markdown to FILE")
     parser.add_argument("--profile", metavar="FILE",
                         help="run the middle server of the 3-server throughput chain under cProfile, into FILE")
+    parser.add_argument("--baseline", default=BASELINE, metavar="REV",
+                        help="measure throughput beside our server as at this git revision (default %(default)s;"
+                             " 'none': do not)")
     options = parser.parse_args(argv)
     chosen = [name for item in options.only for name in item.split(",") if name] or list(BENCHMARKS)
     unknown = [name for name in chosen if name not in BENCHMARKS]
     if unknown:
         parser.error(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
     load = replace(QUICK if options.quick else FULL,
-                   profile_to=options.profile and os.path.abspath(options.profile))
+                   profile_to=options.profile and os.path.abspath(options.profile),
+                   baseline=None if options.baseline == "none" else options.baseline)
     if options.quick:
         NOTES.append("Quick run: small loads, so no row is judged against its goal.")
     rows: List[Row] = []

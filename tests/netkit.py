@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, List, Optional
 
 from ChatMessageParser import ClientRegistrationMessage, ServerRegistrationMessage, StreamDecoder
-from ChatServer import CRCServer
+from ChatServer import PAUSED, BaseConnectionData, CRCServer, Link
 
 DEADLINE = 10.0  # seconds a test waits for something that should happen at once on loopback
 
@@ -41,10 +41,22 @@ def wait_for(condition: Callable[[], Any], what: str, timeout: float = DEADLINE)
 
 
 def server_options(**overrides: Any) -> argparse.Namespace:
+    # No trace by default: the load tests would print hundreds of thousands of lines. The tests of the
+    # trace turn it on, and the scenario suite runs with it as the course's harness does.
     options = dict(id=None, servername=None, info="", port=0, connect_to_host=None,
-                   connect_to_port=None, log_file=None)
+                   connect_to_port=None, log_file=None, trace=False)
     options.update(overrides)
     return argparse.Namespace(**options)
+
+
+def paused_links(server: Any) -> List[Link]:
+    """The links a server does not read while a server link they feed catches up (backpressure)."""
+    return [link for link in list(server.links) if link.state == PAUSED]
+
+
+def unregistered_links(server: Any) -> List[Link]:
+    """The links whose peer has not registered yet."""
+    return [link for link in list(server.links) if type(link.record) is BaseConnectionData]
 
 
 class RunningServer:
@@ -89,7 +101,8 @@ class RawPeer:
         peer.send(ServerRegistrationMessage.bytes(server_id, 0, name, info))
         return peer
 
-    def send(self, data: bytes) -> None:
+    def send(self, data: bytes, timeout: float = DEADLINE) -> None:
+        self.sock.settimeout(timeout)  # pump() leaves a short timeout behind; a big send needs longer
         self.sock.sendall(data)
 
     def pump(self, wait: float = 0.05) -> None:

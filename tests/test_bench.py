@@ -15,8 +15,10 @@ import pytest
 
 KIT_DIR = Path(__file__).resolve().parent.parent
 ROWS = [  # the start of each row's name, in the order the table prints them
-    "throughput, 1 server",
-    "throughput, 3 servers",
+    "throughput, 1 server ",
+    "throughput, 1 server, vs ours at ",
+    "throughput, 3 servers ",
+    "throughput, 3 servers, vs ours at ",
     "latency p50, 3 servers",
     "latency p99, 3 servers",
     "join storm",

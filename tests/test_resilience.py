@@ -24,7 +24,7 @@ from ChatMessageParser import (
     ServerRegistrationMessage,
     StatusUpdateMessage,
 )
-from netkit import RawPeer, RunningServer, ServerProcess, wait_for
+from netkit import RawPeer, RunningServer, ServerProcess, paused_links, unregistered_links, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -89,7 +89,7 @@ def test_state_holds_during_the_hold_down_and_changes_after_it(network):
     RawPeer.client(b_process.port, 20, "behind-b").wait_for(lambda m: m, "welcome")
     wait_for(lambda: set(a.hosts_db) == {2, 10, 20}, "A to know B and its client")
     b_process.stop(signal.SIGKILL)
-    wait_for(lambda: a.held_departures, "A to notice the lost link")
+    wait_for(lambda: a.held_links(), "A to notice the lost link")
     assert set(a.hosts_db) == {2, 10, 20} and a.adjacent_server_ids == [2], "nothing may change within the hold-down"
     assert 20 in watcher.connected_user_ids
     wait_for(lambda: set(a.hosts_db) == {10}, "A to drop B and its client after the hold-down")
@@ -143,12 +143,12 @@ def test_the_same_server_coming_back_during_the_hold_down_starts_clean(network):
     RawPeer.client(first.port, 20, "old-client").wait_for(lambda m: m, "welcome")
     wait_for(lambda: set(a.hosts_db) == {2, 10, 20}, "A to know B and its client")
     first.stop(signal.SIGKILL)
-    wait_for(lambda: a.held_departures, "A to notice the lost link")
+    wait_for(lambda: a.held_links(), "A to notice the lost link")
     second = network.process("--id", "2", "--servername", "B-again", "--connect_to_port", str(a.port))
     wait_for(lambda: set(a.hosts_db) == {2, 10} and a.hosts_db[2].server_name == "B-again",
              "A to drop the old B and its client and take the new B")
     wait_for(lambda: 20 not in watcher.connected_user_ids, "the old client's departure to be announced")
-    assert a.adjacent_server_ids == [2] and not a.held_departures
+    assert a.adjacent_server_ids == [2] and not a.held_links()
     RawPeer.client(second.port, 20, "new-client").wait_for(lambda m: m, "the id to be free again")
     wait_for(lambda: 20 in watcher.connected_user_ids, "the new client to be announced")
 
@@ -258,8 +258,8 @@ def test_a_connection_that_never_registers_is_dropped_and_a_brief_one_leaves_no_
     brief = socket.create_connection(("127.0.0.1", a.port))
     brief.close()
     network.client(a, 10, "watcher")
-    wait_for(lambda: not a.unregistered, "A to forget the unregistered connections")
-    assert set(a.hosts_db) == {10} and a.adjacent_user_ids == [10] and not a.held_departures
+    wait_for(lambda: not unregistered_links(a), "A to forget the unregistered connections")
+    assert set(a.hosts_db) == {10} and a.adjacent_user_ids == [10] and not a.held_links()
 
 
 def test_a_refused_server_routes_nothing_from_the_link_it_opened(network):
@@ -304,16 +304,16 @@ def test_a_slow_server_link_holds_its_senders_back_instead_of_being_dropped(netw
     flooder = RawPeer.client(a.port, 10, "flooder")
     flooder.wait_for(lambda m: any(getattr(x, "source_id", 0) == 90 for x in m), "the far client announced")
     frames = [ClientChatMessage.bytes(10, 90, f"{n}:" + "x" * 200) for n in range(40_000)]  # 9 MB, past the cap
-    flooder.sock.settimeout(60)  # it is held back until the slow server reads: that may take a while
-    sending = threading.Thread(target=flooder.send, args=(b"".join(frames),), daemon=True)
+    # It is held back until the slow server reads: that may take a while.
+    sending = threading.Thread(target=flooder.send, args=(b"".join(frames), 60), daemon=True)
     sending.start()
-    wait_for(lambda: a.paused_links, "the flooder to be held back")
+    wait_for(lambda: paused_links(a), "the flooder to be held back")
     assert 9 in a.hosts_db and len(a.hosts_db[9].write_buffer) <= cap, "the slow server must stay, under the cap"
     slow.wait_for(lambda m: len(slow.of_type(ClientChatMessage)) == 40_000, "the whole flood once it reads",
                   timeout=60)
     sending.join(10)
     assert [chat.content for chat in slow.of_type(ClientChatMessage)] == [f"{n}:" + "x" * 200 for n in range(40_000)]
-    assert {9, 10, 90} <= set(a.hosts_db) and not a.paused_links
+    assert {9, 10, 90} <= set(a.hosts_db) and not paused_links(a)
     wait_for(a.is_quiet, "A to be quiet once the flood is through")
 
 
@@ -323,12 +323,11 @@ def test_a_server_link_that_takes_nothing_at_all_is_dropped_after_the_stall_time
     stuck.send(ClientRegistrationMessage.bytes(90, 9, "behind the stuck server", ""))
     flooder = RawPeer.client(a.port, 10, "flooder")
     flooder.wait_for(lambda m: any(getattr(x, "source_id", 0) == 90 for x in m), "the far client announced")
-    flooder.sock.settimeout(60)
     flood = b"".join(ClientChatMessage.bytes(10, 90, "x" * 200) for _ in range(40_000))
-    threading.Thread(target=flooder.send, args=(flood,), daemon=True).start()
-    wait_for(lambda: a.paused_links, "the flooder to be held back")
+    threading.Thread(target=flooder.send, args=(flood, 60), daemon=True).start()
+    wait_for(lambda: paused_links(a), "the flooder to be held back")
     wait_for(lambda: 9 not in a.hosts_db and 90 not in a.hosts_db, "the stuck server to be dropped as a departure")
-    assert not a.paused_links, "the flooder must be let go"
+    assert not paused_links(a), "the flooder must be let go"
     wait_for(lambda: a.is_quiet() and 10 in a.hosts_db, "A to serve the flooder again")
 
 
@@ -430,8 +429,8 @@ def test_a_live_server_survives_any_bytes(fuzz_server, chunks, register_first):
         except OSError:
             break  # the server already hung up on it
     peer.close()
-    wait_for(lambda: server.is_quiet() and 77 not in server.hosts_db and not server.unregistered
-             and not server.held_departures, "the fuzzer's traces to be gone")
+    wait_for(lambda: server.is_quiet() and 77 not in server.hosts_db and not unregistered_links(server)
+             and not server.held_links(), "the fuzzer's traces to be gone")
     watcher.send(ClientChatMessage.bytes(10, 10, "ping"))
     watcher.wait_for(lambda m: any(getattr(x, "content", "") == "ping" for x in m), "the server to still serve")
     watcher.messages.clear()
