@@ -19,7 +19,7 @@ import selectors
 import socket
 import sys
 import threading
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ChatMessageParser import MAX_INT as MAX_ID
 from ChatMessageParser import (
@@ -252,7 +252,7 @@ class TerminalChat:
     def __init__(self, client: CRCClient, input_fd: int = 0) -> None:
         self.client = client
         self.input_fd = input_fd
-        self.inbox: "queue.Queue[tuple]" = queue.Queue()
+        self.inbox: "queue.Queue[Tuple[Any, ...]]" = queue.Queue()
         self.last_peer: Optional[int] = None
         client.on_event = lambda message, name: self.inbox.put(("event", message, name))
 

@@ -17,8 +17,9 @@ one connection as they arrive, in any size, and returns the messages that are co
 
 from __future__ import annotations
 
+import builtins
 import struct
-from typing import Callable, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, Generic, List, Optional, TypeVar, Union, overload
 
 SERVER_REGISTRATION = 0x00
 STATUS_UPDATE = 0x01
@@ -60,9 +61,9 @@ class ProtocolError(ValueError):
     caller can still act on them.
     """
 
-    def __init__(self, problem: str, messages: Optional[list] = None) -> None:
+    def __init__(self, problem: str, messages: Optional[List[Message]] = None) -> None:
         super().__init__(problem)
-        self.messages: list = messages or []
+        self.messages: List[Message] = messages or []
 
 
 def _encode(text: Optional[str], field: str, limit: int) -> bytes:
@@ -112,10 +113,35 @@ def frame_length(buffer: Union[bytes, bytearray, memoryview], start: int = 0) ->
     return header_size + content_length
 
 
+Build = TypeVar("Build", bound=Callable[..., bytes])
+
+
+class _Builder(Generic[Build]):
+    """The contract calls two things `bytes`: each class's static builder, `StatusUpdateMessage.bytes(...)`,
+    and a parsed message's exact frame, `message.bytes`. On the class this gives the builder; a parsed
+    message keeps its frame in an instance attribute of the same name, which takes precedence."""
+
+    def __init__(self, build: Build) -> None:
+        self.build = build
+
+    @overload
+    def __get__(self, instance: None, owner: Any) -> Build: ...
+
+    @overload
+    def __get__(self, instance: object, owner: Any) -> builtins.bytes: ...
+
+    def __get__(self, instance: Optional[object], owner: Any) -> Union[Build, builtins.bytes]:
+        if instance is None:
+            return self.build
+        raise AttributeError("this message was not parsed from a frame, so it has no bytes")
+
+
 class _Message:
     message_type: int
     source_id: int
-    bytes: bytes  # the exact frame this object was parsed from
+
+    def _keep_frame(self, frame: builtins.bytes) -> None:
+        vars(self)["bytes"] = frame  # the exact frame this object was parsed from (see _Builder)
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{name}={value!r}" for name, value in vars(self).items() if name != "bytes")
@@ -130,6 +156,7 @@ class _RegistrationMessage(_Message):
 
     TYPE: int
     KIND: str  # "server" or "client": the prefix of the name and info attributes
+    last_hop_id: int
 
     @classmethod
     def _build(cls, source_id: int, last_hop_id: int, name: str, info: str) -> bytes:
@@ -156,32 +183,44 @@ class _RegistrationMessage(_Message):
         info = _decode(frame[header_size + name_length:], f"{cls.KIND} info")
         setattr(message, f"{cls.KIND}_name", name)
         setattr(message, f"{cls.KIND}_info", info)
-        message.bytes = frame
+        message._keep_frame(frame)
         return message
+
+
+def _server_registration(source_id: int, last_hop_id: int, server_name: str, server_info: str) -> bytes:
+    return ServerRegistrationMessage._build(source_id, last_hop_id, server_name, server_info)
+
+
+def _client_registration(source_id: int, last_hop_id: int, client_name: str, client_info: str) -> bytes:
+    return ClientRegistrationMessage._build(source_id, last_hop_id, client_name, client_info)
+
+
+def _status(source_id: int, destination_id: int, message_code: int, content: str) -> bytes:
+    content_bytes = _encode(content, "status content", MAX_INT)
+    header = _STATUS_HEADER.pack(
+        STATUS_UPDATE,
+        _check_unsigned(source_id, "source id", MAX_INT),
+        _check_unsigned(destination_id, "destination id", MAX_INT),
+        _check_unsigned(message_code, "status code", MAX_HALF),
+        len(content_bytes),
+    )
+    return header + content_bytes
 
 
 class ServerRegistrationMessage(_RegistrationMessage):
     TYPE = SERVER_REGISTRATION
     KIND = "server"
-    last_hop_id: int
     server_name: str
     server_info: str
-
-    @staticmethod
-    def bytes(source_id: int, last_hop_id: int, server_name: str, server_info: str) -> bytes:  # type: ignore[override]
-        return ServerRegistrationMessage._build(source_id, last_hop_id, server_name, server_info)
+    bytes = _Builder(_server_registration)
 
 
 class ClientRegistrationMessage(_RegistrationMessage):
     TYPE = CLIENT_REGISTRATION
     KIND = "client"
-    last_hop_id: int
     client_name: str
     client_info: str
-
-    @staticmethod
-    def bytes(source_id: int, last_hop_id: int, client_name: str, client_info: str) -> bytes:  # type: ignore[override]
-        return ClientRegistrationMessage._build(source_id, last_hop_id, client_name, client_info)
+    bytes = _Builder(_client_registration)
 
 
 class StatusUpdateMessage(_Message):
@@ -189,27 +228,16 @@ class StatusUpdateMessage(_Message):
     destination_id: int
     status_code: int
     content: str
-
-    @staticmethod
-    def bytes(source_id: int, destination_id: int, message_code: int, content: str) -> bytes:  # type: ignore[override]
-        content_bytes = _encode(content, "status content", MAX_INT)
-        header = _STATUS_HEADER.pack(
-            STATUS_UPDATE,
-            _check_unsigned(source_id, "source id", MAX_INT),
-            _check_unsigned(destination_id, "destination id", MAX_INT),
-            _check_unsigned(message_code, "status code", MAX_HALF),
-            len(content_bytes),
-        )
-        return header + content_bytes
+    bytes = _Builder(_status)
 
     @classmethod
-    def _parse(cls, frame: bytes) -> "StatusUpdateMessage":
+    def _parse(cls, frame: builtins.bytes) -> "StatusUpdateMessage":
         message = cls.__new__(cls)
         message.message_type, message.source_id, message.destination_id, message.status_code, _ = (
             _STATUS_HEADER.unpack_from(frame)
         )
         message.content = _decode(frame[_STATUS_HEADER.size:], "status content")
-        message.bytes = frame
+        message._keep_frame(frame)
         return message
 
 
@@ -220,6 +248,7 @@ class _TwoIdMessage(_Message):
     SECOND_ID: str  # the attribute that holds the second id
     SECOND_ID_FIELD: str  # and its name in error messages
     CONTENT_FIELD: str
+    content: str
 
     @classmethod
     def _build(cls, source_id: int, second_id: int, content: str) -> bytes:
@@ -238,50 +267,49 @@ class _TwoIdMessage(_Message):
         message.message_type, message.source_id, second_id, _ = _ID_ID_LENGTH_HEADER.unpack_from(frame)
         setattr(message, cls.SECOND_ID, second_id)
         message.content = _decode(frame[_ID_ID_LENGTH_HEADER.size:], cls.CONTENT_FIELD)
-        message.bytes = frame
+        message._keep_frame(frame)
         return message
+
+
+def _client_chat(source_id: int, destination_id: int, content: str) -> bytes:
+    return ClientChatMessage._build(source_id, destination_id, content)
+
+
+def _server_quit(source_id: int, replacement_server_id: int, content: str) -> bytes:
+    return ServerQuitMessage._build(source_id, replacement_server_id, content)
+
+
+def _client_quit(source_id: int, content: str) -> bytes:
+    content_bytes = _encode(content, "client quit content", MAX_INT)
+    header = _CLIENT_QUIT_HEADER.pack(CLIENT_QUIT, _check_unsigned(source_id, "source id", MAX_INT), len(content_bytes))
+    return header + content_bytes
 
 
 class ClientChatMessage(_TwoIdMessage):
     TYPE = CLIENT_CHAT
     SECOND_ID, SECOND_ID_FIELD, CONTENT_FIELD = "destination_id", "destination id", "chat content"
     destination_id: int
-    content: str
-
-    @staticmethod
-    def bytes(source_id: int, destination_id: int, content: str) -> bytes:  # type: ignore[override]
-        return ClientChatMessage._build(source_id, destination_id, content)
+    bytes = _Builder(_client_chat)
 
 
 class ServerQuitMessage(_TwoIdMessage):
     TYPE = SERVER_QUIT
     SECOND_ID, SECOND_ID_FIELD, CONTENT_FIELD = "replacement_id", "replacement server id", "server quit content"
     replacement_id: int
-    content: str
-
-    @staticmethod
-    def bytes(source_id: int, replacement_server_id: int, content: str) -> bytes:  # type: ignore[override]
-        return ServerQuitMessage._build(source_id, replacement_server_id, content)
+    bytes = _Builder(_server_quit)
 
 
 class ClientQuitMessage(_Message):
     TYPE = CLIENT_QUIT
     content: str
-
-    @staticmethod
-    def bytes(source_id: int, content: str) -> bytes:  # type: ignore[override]
-        content_bytes = _encode(content, "client quit content", MAX_INT)
-        header = _CLIENT_QUIT_HEADER.pack(
-            CLIENT_QUIT, _check_unsigned(source_id, "source id", MAX_INT), len(content_bytes)
-        )
-        return header + content_bytes
+    bytes = _Builder(_client_quit)
 
     @classmethod
-    def _parse(cls, frame: bytes) -> "ClientQuitMessage":
+    def _parse(cls, frame: builtins.bytes) -> "ClientQuitMessage":
         message = cls.__new__(cls)
         message.message_type, message.source_id, _ = _CLIENT_QUIT_HEADER.unpack_from(frame)
         message.content = _decode(frame[_CLIENT_QUIT_HEADER.size:], "client quit content")
-        message.bytes = frame
+        message._keep_frame(frame)
         return message
 
 
@@ -294,7 +322,7 @@ Message = Union[
     ClientQuitMessage,
 ]
 
-_PARSERS: Dict[int, Callable[[bytes], Message]] = {
+_PARSERS: Dict[int, Callable[[bytes], Any]] = {  # each returns its own class
     SERVER_REGISTRATION: ServerRegistrationMessage._parse,
     STATUS_UPDATE: StatusUpdateMessage._parse,
     SERVER_QUIT: ServerQuitMessage._parse,
@@ -310,7 +338,8 @@ def parse_frame(frame: bytes) -> Message:
     if length != len(frame):
         declared = "an incomplete header" if length is None else f"a header that declares {length}"
         raise ProtocolError(f"a frame of {len(frame)} bytes has {declared}")
-    return _PARSERS[frame[0]](bytes(frame))
+    message: Message = _PARSERS[frame[0]](bytes(frame))
+    return message
 
 
 class MessageParser:

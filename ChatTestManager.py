@@ -45,7 +45,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Set, Union
 
 KIT_DIR = Path(__file__).resolve().parent
 if str(KIT_DIR) not in sys.path:  # so the kit's own modules import when this file is loaded from elsewhere
@@ -53,11 +53,14 @@ if str(KIT_DIR) not in sys.path:  # so the kit's own modules import when this fi
 
 # Ours is imported first and stays in sys.modules, so our client and testers keep our parser even
 # when a submission brings its own.
-import ChatMessageParser  # noqa: E402,F401
 import ChatClient  # noqa: E402
-from Testers import TESTER_FACTORIES, tester_class  # noqa: E402
+import ChatMessageParser  # noqa: E402,F401
+from Testers import (  # noqa: E402
+    TESTER_FACTORIES,
+    ports,
+    tester_class,
+)
 from Testers.checker import allowed_keys, check_final_state, observed, validate_final_state  # noqa: E402
-from Testers import ports  # noqa: E402
 from Testers.drawing import MachineView, draw_network  # noqa: E402
 from Testers.ports import PortMap, port_block  # noqa: E402
 from Testers.quiet import WaitRecord, can_report_quiet, wait_until_quiet  # noqa: E402
@@ -145,7 +148,7 @@ class LaunchServer:
 
     @property
     def name(self) -> str:
-        return self.options.servername
+        return str(self.options.servername)
 
 
 @dataclass
@@ -154,7 +157,7 @@ class LaunchClient:
 
     @property
     def name(self) -> str:
-        return self.options.username
+        return str(self.options.username)
 
 
 @dataclass
@@ -243,7 +246,7 @@ class Case:
     type: str
     lines: List[str]
     commands: List[Command]
-    final_state: Dict[str, Dict[str, list]]
+    final_state: Dict[str, Dict[str, List[Any]]]
     weight: float = 1.0
     family: str = ""
     description: str = ""
@@ -268,8 +271,9 @@ def load_case(path: Path) -> Case:
         raise CaseError(f"missing keys {sorted(missing)}; a case has {sorted(CASE_KEYS)}"
                         f" and may have {sorted(OPTIONAL_CASE_KEYS)}")
     # The course's files may carry keys of their own: ignored, but said, in case one is a typo.
+    unknown = sorted(data.keys() - CASE_KEYS - OPTIONAL_CASE_KEYS)
     warnings = [f"warning: ignored the unknown top-level key {key!r}; a case has {sorted(CASE_KEYS)}"
-                f" and may have {sorted(OPTIONAL_CASE_KEYS)}" for key in sorted(data.keys() - CASE_KEYS - OPTIONAL_CASE_KEYS)]
+                f" and may have {sorted(OPTIONAL_CASE_KEYS)}" for key in unknown]
     if data["type"] not in TESTER_FACTORIES:
         raise CaseError(f"unknown case type {data['type']!r}; expected one of {sorted(TESTER_FACTORIES)}")
     if not isinstance(data["commands"], list):
@@ -313,7 +317,7 @@ def _is_weight(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
 
 
-def _natural_key(name: str) -> list:
+def _natural_key(name: str) -> List[Union[int, str]]:
     # 2_10 after 2_9: numbers in names compare as numbers.
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
@@ -323,7 +327,7 @@ def select_cases(cases_dir: Path, selectors: List[str]) -> List[Path]:
     paths = sorted(Path(cases_dir).glob("*.cfg"), key=lambda path: _natural_key(path.stem))
     if not selectors:
         return paths
-    chosen = []
+    chosen: List[Path] = []
     for selector in selectors:
         stem = selector[:-4] if selector.endswith(".cfg") else selector
         matches = [path for path in paths if path.stem.startswith(stem)]
@@ -436,7 +440,7 @@ class CaseRun:
         self.crashes: List[str] = []  # exceptions that ended a machine's thread
         self.journal: List[str] = []  # what happened, for the log file
         self.waits: List[WaitRecord] = []
-        self.stopped: set = set()  # servers stopped by a KILL: they take no part in quiet waits
+        self.stopped: Set[str] = set()  # servers stopped by a KILL: they take no part in quiet waits
         self.step = "before the first command"
         self.aborted = threading.Event()
         self.started = time.monotonic()
@@ -594,7 +598,8 @@ class CaseRun:
                 continue  # never launched: the run stopped before it
             keys = shown if kind == "server" else ["connected_user_ids"]
             seen = {key: value for key, value in state[name].items() if key in keys}
-            views.append(MachineView(name, kind, command.options.id, attached, seen, self.case.final_state.get(name, {})))
+            expected = self.case.final_state.get(name, {})
+            views.append(MachineView(name, kind, command.options.id, attached, seen, expected))
         return draw_network(views, DRAWING_WIDTH)
 
 
@@ -603,7 +608,7 @@ class _ThreadErrors:
 
     def __init__(self) -> None:
         self.errors: List[str] = []
-        self._previous: Callable = threading.excepthook
+        self._previous: Callable[[Any], object] = threading.excepthook
 
     def __enter__(self) -> "_ThreadErrors":
         threading.excepthook = self._hook
@@ -700,7 +705,8 @@ def print_table(results: List[CaseResult]) -> None:
     print(f"{'Test':<{width}}  {'Family':<{family_width}}  Result  Points  Time")
     for result in results:
         points = f"{_points(result.score)}/{_points(result.weight)}"
-        print(f"{result.name:<{width}}  {result.family or '-':<{family_width}}  {'PASS' if result.passed else 'FAIL':<6}"
+        verdict = "PASS" if result.passed else "FAIL"
+        print(f"{result.name:<{width}}  {result.family or '-':<{family_width}}  {verdict:<6}"
               f"  {points:>6}  {result.seconds:5.1f} s")
     passed = sum(result.passed for result in results)
     total = sum(result.weight for result in results)
@@ -782,7 +788,8 @@ def run_cases(paths: List[Path], settings: Settings, jobs: int) -> List[CaseResu
         slots.put(slot)
     finished: Dict[int, CaseResult] = {}
     with ProcessPoolExecutor(jobs, context, _start_worker, (slots, jobs)) as pool:
-        futures: Dict[Future, int] = {pool.submit(run_case, path, settings): index for index, path in enumerate(paths)}
+        futures: Dict[Future[CaseResult], int] = {pool.submit(run_case, path, settings): index
+                                                  for index, path in enumerate(paths)}
         try:
             for future in as_completed(futures):
                 index = futures[future]

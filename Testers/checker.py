@@ -7,14 +7,14 @@ order does not matter (it depends on timing), but a duplicate or a missing entry
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, FrozenSet, Iterable, List, Optional
 
 SERVER_KEYS = frozenset({"adjacent_server_ids", "adjacent_user_ids", "hosts_db", "status_updates_log"})
 CONNECTIVITY_KEYS = frozenset({"recvd_messages_asdqw", "sent_messages_asdqw"})  # the recorder's hex chunks
 CLIENT_KEYS = frozenset({"connected_user_ids", "status_updates_log", "chat_messages_log"})
 
 
-def allowed_keys(kind: str, case_type: str) -> frozenset:
+def allowed_keys(kind: str, case_type: str) -> FrozenSet[str]:
     """Keys a final state may name for a 'server' or 'client' in a case of this type."""
     if kind == "client":
         return CLIENT_KEYS
@@ -33,7 +33,8 @@ def validate_final_state(final_state: Any, machine_kinds: Dict[str, str], case_t
         kind = machine_kinds.get(name)
         if kind is None:
             launched = ", ".join(sorted(machine_kinds)) or "nothing"
-            problems.append(f"final_state names {name!r}, but the commands launch no such machine (they launch {launched})")
+            problems.append(f"final_state names {name!r}, but the commands launch no such machine"
+                            f" (they launch {launched})")
             continue
         if not isinstance(expected, dict):
             problems.append(f"final_state[{name!r}] must be an object of keys to lists")

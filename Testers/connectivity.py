@@ -13,7 +13,7 @@ from typing import Any, List
 
 
 def make_connectivity_tester(server_class: type) -> type:
-    class ConnectivityTester(server_class):  # type: ignore[misc, valid-type]
+    class ConnectivityTester(server_class):  # type: ignore[misc]
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             # Set before the server's own __init__, in case that already touches the network.
             self.recvd_messages_asdqw: List[str] = []

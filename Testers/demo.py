@@ -65,7 +65,8 @@ class Demo:
     def start_client(self, client_id: int, name: str, home: str) -> None:
         server = next(server for server in self.servers if server.server_name == home)
         options = argparse.Namespace(id=client_id, serverhost="127.0.0.1", serverport=server.port, username=name,
-                                     info=f"demo client {name}", log_file=None, simulate=True, verbose=False, debug=False)
+                                     info=f"demo client {name}", log_file=None, simulate=True, verbose=False,
+                                     debug=False)
         client = CRCClient(options, run_on_localhost=True)
         client.on_event = lambda message, known, client=client: self.show(client, message, known)
         self.clients.append(client)

@@ -16,7 +16,7 @@ and where that differs from the expected final state. Plain ASCII, wrapped to a 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 # What each row shows, in order: (label, state key). A machine shows the rows its `seen` holds.
 SERVER_ROWS = [("links", "adjacent_server_ids"), ("clients", "adjacent_user_ids"), ("hosts", "hosts_db"),
@@ -36,10 +36,10 @@ class MachineView:
     id: Optional[int]
     attached_to: Optional[str] = None  # a client's server, or the server a server was launched to join
     seen: Dict[str, Any] = field(default_factory=dict)  # key -> list, or an error text when unreadable
-    expected: Dict[str, list] = field(default_factory=dict)  # key -> list, for the keys the case checks
+    expected: Dict[str, List[Any]] = field(default_factory=dict)  # key -> list, for the keys the case checks
 
 
-def difference(expected: list, seen: Any) -> Optional[Tuple[list, list, str]]:
+def difference(expected: List[Any], seen: Any) -> Optional[Tuple[List[Any], List[Any], str]]:
     """(missing, extra, note) when `seen` differs from `expected` as a set or in length, else None."""
     if not isinstance(seen, list):
         return [], [], "could not be read"
@@ -64,7 +64,7 @@ class Drawing:
         self.rank = {machine_id: index for index, machine_id in enumerate(self.names)}  # launch order
         self.lines: List[str] = []
 
-    def in_order(self, items: list) -> list:
+    def in_order(self, items: List[Any]) -> List[Any]:
         """Launched machines in launch order, then anything else: easier to compare than arrival order."""
         return sorted(items, key=lambda item: (self.rank.get(item, len(self.rank)), repr(item)))
 
@@ -86,13 +86,14 @@ class Drawing:
                 # An id two machines share stands for the first one launched with it.
                 value = a.seen.get("adjacent_server_ids")
                 return isinstance(value, list) and b.id in value and self.names.get(b.id) == b.name
-            return [other.name for other in servers if other is not server and (listed(server, other) or listed(other, server))]
+            return [other.name for other in servers
+                    if other is not server and (listed(server, other) or listed(other, server))]
         return [other.name for other in servers
                 if other.attached_to == server.name or server.attached_to == other.name]
 
     def draw(self, headline: bool) -> str:
         self.lines = HEADLINE.splitlines() + [""] if headline else []
-        visited: set = set()
+        visited: Set[str] = set()
         servers = [machine for machine in self.machines if machine.kind == "server"]
         for number, root in enumerate(servers):
             if root.name in visited:
@@ -107,11 +108,12 @@ class Drawing:
                 self.client(client, "", "")
         return "\n".join(self.lines)
 
-    def server(self, server: MachineView, first: str, rest: str, visited: set, note: str = "") -> None:
+    def server(self, server: MachineView, first: str, rest: str, visited: Set[str], note: str = "") -> None:
         visited.add(server.name)
         children = [name for name in self.links(server) if name not in visited]
         visited.update(children)  # claimed here, so that a cycle draws each server once
-        clients = [machine for machine in self.machines if machine.kind == "client" and machine.attached_to == server.name]
+        clients = [machine for machine in self.machines
+                   if machine.kind == "client" and machine.attached_to == server.name]
         self.lines.append(first + self.label_of(server) + note + (DIFFERS if self.differs(server) else ""))
         inner = rest + ("|   " if clients or children else "    ")
         self.rows(server, SERVER_ROWS, inner)

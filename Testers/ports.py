@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 import socket
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Optional, Set
 
 
 def _ephemeral_low() -> int:
@@ -45,7 +45,7 @@ class PortBlock:
     def __repr__(self) -> str:
         return f"{self.low}-{self.high - 1}"
 
-    def take(self, taken: set) -> int:
+    def take(self, taken: Set[int]) -> int:
         for _ in range(self.high - self.low):
             port = self.next
             self.next = port + 1 if port + 1 < self.high else self.low

@@ -12,14 +12,14 @@ import io
 import sys
 import threading
 from contextlib import contextmanager
-from typing import Iterator, List
+from typing import Dict, Iterator, List
 
 
 class TraceCapture(io.TextIOBase):
     def __init__(self) -> None:
         super().__init__()
         self.lines: List[str] = []
-        self._partial: dict = {}  # thread id -> the start of a line that thread has not ended yet
+        self._partial: Dict[int, str] = {}  # thread id -> the start of a line that thread has not ended yet
         self._lock = threading.Lock()
 
     def writable(self) -> bool:
@@ -50,7 +50,7 @@ def capture_stdout() -> Iterator[TraceCapture]:
     """sys.stdout goes to a TraceCapture until the block ends. The manager runs one case at a time per
     process, so the whole process's stdout can be the case's."""
     capture = TraceCapture()
-    previous, sys.stdout = sys.stdout, capture  # type: ignore[assignment]
+    previous, sys.stdout = sys.stdout, capture
     try:
         yield capture
     finally:

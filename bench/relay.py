@@ -16,7 +16,7 @@ import argparse
 import selectors
 import socket
 import sys
-from typing import Optional
+from typing import Optional, Tuple
 
 RECEIVE_SIZE = 256 * 1024  # the same read size as the server's, so only the CRC work differs
 
@@ -46,7 +46,7 @@ def close_pair(selector: selectors.BaseSelector, pipe: Pipe) -> None:
             side.sock.close()
 
 
-def accept(selector: selectors.BaseSelector, listener: socket.socket, target: tuple) -> None:
+def accept(selector: selectors.BaseSelector, listener: socket.socket, target: Tuple[str, int]) -> None:
     try:
         inbound, _ = listener.accept()
     except OSError:  # the peer gave up before we got to it
@@ -72,6 +72,7 @@ def relay_readable(selector: selectors.BaseSelector, pipe: Pipe) -> None:
         close_pair(selector, pipe)
         return
     peer = pipe.peer
+    assert peer is not None, "a pipe is paired before it is registered"
     if not peer.output:  # ask for write events only from now until the output is gone
         selector.modify(peer.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, peer)
     peer.output += chunk
@@ -90,7 +91,7 @@ def relay_writable(selector: selectors.BaseSelector, pipe: Pipe) -> None:
         selector.modify(pipe.sock, selectors.EVENT_READ, pipe)
 
 
-def serve(listener: socket.socket, target: tuple) -> None:
+def serve(listener: socket.socket, target: Tuple[str, int]) -> None:
     selector = selectors.DefaultSelector()
     selector.register(listener, selectors.EVENT_READ, None)
     while True:

@@ -13,11 +13,10 @@ from pathlib import Path
 from typing import Iterable, Set
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the kit's codec, at the project root
-from ChatMessageParser import (  # noqa: E402
+from ChatMessageParser import (
     CLIENT_CHAT,
-    HEADER_SIZES,
     CLIENT_REGISTRATION,
-    STATUS_UPDATE,
+    HEADER_SIZES,
     ClientChatMessage,
     ClientRegistrationMessage,
     StatusUpdateMessage,

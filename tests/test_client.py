@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Iterator, List
 
 import pytest
+from netkit import wait_until
 
 from ChatClient import MAX_ID, CRCClient
 from ChatMessageParser import (
@@ -23,7 +24,6 @@ from ChatMessageParser import (
     StreamDecoder,
 )
 from ChatServer import CRCServer
-from netkit import wait_until
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -12,7 +12,6 @@ import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 from typing import Any, Dict, List
 
-
 import ChatTestManager as manager
 from Testers.drawing import MachineView, draw_network
 from Testers.ports import PortBlock, port_block

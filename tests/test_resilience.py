@@ -14,6 +14,7 @@ import threading
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from netkit import RawPeer, RunningServer, ServerProcess, paused_links, unregistered_links, wait_for
 
 from ChatClient import CRCClient
 from ChatMessageParser import (
@@ -24,7 +25,6 @@ from ChatMessageParser import (
     ServerRegistrationMessage,
     StatusUpdateMessage,
 )
-from netkit import RawPeer, RunningServer, ServerProcess, paused_links, unregistered_links, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 

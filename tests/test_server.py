@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from netkit import DEADLINE, RawPeer, RunningServer, server_options, wait_for
 
 from ChatMessageParser import (
     ClientChatMessage,
@@ -18,7 +19,6 @@ from ChatMessageParser import (
     StatusUpdateMessage,
 )
 from ChatServer import CRCServer
-from netkit import DEADLINE, RawPeer, RunningServer, server_options, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 ROOT = Path(__file__).resolve().parent.parent

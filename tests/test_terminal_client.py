@@ -15,9 +15,9 @@ from typing import Callable, Iterator, List
 import pexpect
 import pexpect.popen_spawn
 import pytest
+from netkit import wait_until
 
 from ChatServer import CRCServer
-from netkit import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
