@@ -35,6 +35,11 @@ CONTRACT_BUILDERS = {
     "ServerQuitMessage": ["source_id", "replacement_server_id", "content"],
 }
 CONTRACT_NAMES = {"MessageParser", *CONTRACT_BUILDERS}
+# Every kind of line the course's reference server prints (the contract's "The trace").
+TRACE_LINE = re.compile(r"\[[^\]]+\] \t(Launching server .+\.\.\.|Configuring the server socket\.\.\."
+                        r"|Connecting to remote server .+:\d+\.\.\.|Listening for new connections on port \d+"
+                        r"|Cleaning up the server|Received message from Host ID #\d+ \"b(['\"]).*\2\""
+                        r"|Sending message to (Host ID #\d+|an unknown IO device) \"b(['\"]).*\4\")")
 
 
 def load_contract_parser() -> ModuleType:
@@ -140,6 +145,11 @@ def test_the_whole_scenario_suite_passes_with_only_the_contracts_parser(tmp_path
     first_log = sorted(logs.glob("*.log"))[0].read_text()
     assert f"parser   {submission / 'ChatMessageParser.py'}" in first_log, \
         f"the server did not import the cut-down parser:\n{first_log[:500]}"
+    # Its trace is there, every line of a form the course's reference prints.
+    trace_lines = [line for log in logs.glob("*.log")
+                   for line in log.read_text().partition("trace (what the servers printed):\n")[2].splitlines() if line]
+    odd = [line for line in trace_lines if not TRACE_LINE.fullmatch(line)]
+    assert trace_lines and not odd, f"expected only the reference's kinds of trace line, found {odd[:5]}"
     # Still fast there: its is_quiet() needs nothing beyond the contract, so every WAIT ends on quiet.
     endings = [ending for log in logs.glob("*.log")
                for ending in re.findall(r"waited [\d.]+ s of [\d.]+ s: (.*)", log.read_text())]
