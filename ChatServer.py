@@ -9,7 +9,7 @@ can be dropped alone into the course's kit.
 
 How to read it. `CRCServer` has the template's methods in the template's order, then our extras
 (server quits, departures, backpressure, quiet waits). Under it, in this one file: `FrameCutter`
-(bytes in, whole frames out, no sockets), `Link` (one socket's buffers, interest, pausing and closing
+(bytes in, whole frames out as messages, no sockets), `Link` (one socket's buffers, interest, pausing and closing
 for the socket's whole life), `RoutingTable` (hosts, first links, what lies behind a link) and
 `Timers` (every deadline, in one map). Then the command line.
 
@@ -144,20 +144,26 @@ ConnectionData = Union[BaseConnectionData, ServerConnectionData, ClientConnectio
 class ChatMessage:
     """A client chat with the attributes of the parser's ClientChatMessage, built from the header that
     FrameCutter read to cut its frame: chats are most of the traffic, and this way a chat costs one
-    header unpack and one UTF-8 check."""
+    header unpack and one check that its content is UTF-8 (decoded only when a handler reads it)."""
 
-    __slots__ = ("source_id", "destination_id", "content", "bytes")
+    __slots__ = ("source_id", "destination_id", "bytes")
     message_type = CLIENT_CHAT
 
     def __init__(self, source_id: int, destination_id: int, frame: bytes) -> None:
         self.source_id = source_id
         self.destination_id = destination_id
-        try:
-            self.content = frame[CHAT_HEADER_SIZE:].decode()
-        except UnicodeDecodeError as error:
-            raise ProtocolViolation(f"chat content is not valid UTF-8 ({error.reason} at byte"
-                                    f" {error.start})") from None
         self.bytes = frame
+        content = frame[CHAT_HEADER_SIZE:]
+        if not content.isascii():  # ASCII is UTF-8; anything else must decode
+            try:
+                content.decode()
+            except UnicodeDecodeError as error:
+                raise ProtocolViolation(f"chat content is not valid UTF-8 ({error.reason} at byte"
+                                        f" {error.start})") from None
+
+    @property
+    def content(self) -> str:
+        return self.bytes[CHAT_HEADER_SIZE:].decode()
 
 
 Message = Union[ServerRegistrationMessage, StatusUpdateMessage, ServerQuitMessage, ClientRegistrationMessage,
@@ -341,9 +347,9 @@ class CRCServer:
         """Cut the bytes received on a link into whole messages, and hand each to its handler through
         message_handlers. A message that breaks the protocol closes the link with a status saying why."""
         link: Link = io_device.data.link
-        handlers = self.message_handlers
+        handlers, tracing = self.message_handlers, self.tracing
         for message in link.cutter.feed(recv_data):
-            if self.tracing:
+            if tracing:
                 self.print_info(f'Received message from Host ID #{message.source_id} "{message.bytes!r}"')
             try:
                 handlers[message.message_type](io_device, message)
@@ -359,8 +365,10 @@ class CRCServer:
 
     def send_message_to_host(self, destination_id: int, message: bytes) -> bool:
         """Queue a message on the link that leads to a known host. False when no open link leads there."""
-        host = self.hosts_db.get(destination_id)
-        link = host.link if host is not None else None
+        try:
+            link = self.hosts_db[destination_id].link
+        except KeyError:
+            link = None
         if link is None or link.state > PAUSED:
             self.logger.debug("no open link toward %d; dropped a message of type 0x%02x", destination_id, message[0])
             return False
@@ -471,8 +479,10 @@ class CRCServer:
 
     def handle_client_chat_message(self, io_device: selectors.SelectorKey,
                                    message: Union[ClientChatMessage, ChatMessage]) -> None:
-        if not self.check_source(io_device.data, message.source_id):
-            return
+        source = self.hosts_db.get(message.source_id)
+        if source is None or source.link is not io_device.data.link:  # check_source's common case, inline
+            if not self.check_source(io_device.data, message.source_id):
+                return
         if type(self.hosts_db.get(message.destination_id)) is ClientConnectionData:
             self.send_message_to_host(message.destination_id, message.bytes)
         else:
@@ -857,18 +867,20 @@ class FrameCutter:
             data = self.rest + data
         messages: List[Message] = []
         # Locals, not globals and attributes: this loop runs once per frame of every chunk.
-        append, chat_header, limit = messages.append, _CHAT_HEADER.unpack_from, self.max_frame_size
+        append, chat_header, chat, chat_type = messages.append, _CHAT_HEADER.unpack_from, ChatMessage, CLIENT_CHAT
+        header_size, longest_content = CHAT_HEADER_SIZE, self.max_frame_size - CHAT_HEADER_SIZE
         offset, end = 0, len(data)
         try:
             while offset < end:
-                if data[offset] == CLIENT_CHAT and end - offset >= CHAT_HEADER_SIZE:  # most of the traffic
+                if data[offset] == chat_type and end - offset >= header_size:  # most of the traffic
                     _, source_id, destination_id, length = chat_header(data, offset)
-                    stop = offset + CHAT_HEADER_SIZE + length
-                    if stop - offset > limit:
-                        raise ProtocolViolation(f"a frame declares {stop - offset} bytes; the limit is {limit}")
+                    if length > longest_content:
+                        raise ProtocolViolation(f"a frame declares {header_size + length} bytes; the limit is"
+                                                f" {self.max_frame_size}")
+                    stop = offset + header_size + length
                     if stop > end:
                         break
-                    append(ChatMessage(source_id, destination_id, data[offset:stop]))
+                    append(chat(source_id, destination_id, data[offset:stop]))
                 else:
                     size = self.frame_size(data, offset)
                     if size is None or offset + size > end:
