@@ -9,9 +9,9 @@ can be dropped alone into the course's kit.
 
 How to read it. `CRCServer` has the template's methods in the template's order, then our extras
 (server quits, departures, backpressure, quiet waits). Under it, in this one file: `FrameCutter`
-(bytes in, whole frames out as messages, no sockets), `Link` (one socket's buffers, interest, pausing and closing
-for the socket's whole life), `RoutingTable` (hosts, first links, what lies behind a link) and
-`Timers` (every deadline, in one map). Then the command line.
+(bytes in, whole frames out as messages, no sockets), `Link` (one socket's buffers, interest, pausing
+and closing for the socket's whole life), `RoutingTable` (hosts, first links, what lies behind a link)
+and `Timers` (every deadline, in one map). Then the command line.
 
 Words. A *link* is a socket to an adjacent machine and its state; a *host* is an entry in `hosts_db`
 (a `ServerConnectionData` or `ClientConnectionData`); a host's *first link* is the adjacent host its

@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any, List
 
 import pytest
+from netkit import RawPeer, RunningServer, server_options, wait_for
 
 import ChatServer
 from ChatMessageParser import ClientChatMessage
 from ChatServer import CRCServer
-from netkit import RawPeer, RunningServer, server_options, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 

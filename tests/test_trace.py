@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 import pytest
+from netkit import RawPeer, RunningServer, wait_for
 
 import ChatTestManager as manager
 from ChatMessageParser import (
@@ -23,7 +24,6 @@ from ChatMessageParser import (
     StatusUpdateMessage,
 )
 from ChatServer import CRCServer
-from netkit import RawPeer, RunningServer, wait_for
 from Testers.trace import TraceCapture, capture_stdout
 
 CONTRACT_PARSER = Path(__file__).resolve().parent / "contract_parser" / "ChatMessageParser.py"
