@@ -20,16 +20,21 @@ messages go through (for an adjacent host, itself).
 Lifecycle, the same for every link:
 
     opened      accepted, or connected to join a network. Its peer is a `BaseConnectionData` until
-                it registers, which it must do within --register-timeout.
+                it registers, which it must do within --register-timeout. A client that quits and
+                stays connected is back here.
     registered  its peer registered: the peer is an adjacent host in hosts_db, and the link is the
                 first link of the peer and of every host the peer announces.
     closing     it was refused or broke the protocol: it is read no more, and it is closed once its
                 last message (the status saying why) is sent, or after CLOSE_GRACE.
-    held        it closed without a goodbye (a crash, a cut cable, a stop by the test manager). Its
-                hosts stay in hosts_db for --split-hold: the course's tests read each server's state
-                only after stopping them one by one, so nothing may change at once.
+    held        a registered peer's link closed without a goodbye: the peer vanished (a crash, a cut
+                cable noticed by keepalive probes, a stop by the test manager), or it was closed after
+                a protocol error, at the output cap or after a stall. Its hosts stay in hosts_db for
+                --split-hold: the course's tests read each server's state only after stopping them one
+                by one, so nothing may change at once.
     departed    the hold-down ended, or the peer said goodbye (a server quit): every host behind the
                 link is forgotten, and a quit is sent on for each.
+
+`disconnect` is the one way a link closes while the server runs; `cleanup` closes what is left.
 """
 
 from __future__ import annotations
@@ -58,7 +63,7 @@ from ChatMessageParser import (
 )
 
 # The server must stand alone in the course's kit, whose parser offers only the contract's names, so it
-# repeats the protocol's constants and layouts; tests/test_server_constants.py keeps them equal to ours.
+# repeats the protocol's constants and layouts; tests/test_server_framing.py keeps them equal to the codec's.
 SERVER_REGISTRATION = 0x00
 STATUS_UPDATE = 0x01
 SERVER_QUIT = 0x02
@@ -97,9 +102,12 @@ HIGH_WATER = 1024 * 1024  # a server link with more unsent output pauses the lin
 LOW_WATER = 256 * 1024  # ... until it is down to this
 RECEIVE_SIZE = 256 * 1024  # one read per ready link per loop turn, so that no peer can starve the others
 SELECT_TIMEOUT = 0.1  # request_terminate must be noticed within about 0.1 s
+KEEPALIVE_IDLE = 10  # seconds a link may be silent before the kernel starts probing whether its peer is there
+KEEPALIVE_INTERVAL = 5  # seconds between probes; three unanswered probes and the link fails
 
-# A link's states, in the order it may pass through them: read and written; written but not read while
-# a server link it feeds catches up (backpressure); written until its last message is out; closed.
+# A link's states. OPEN: read and written. PAUSED: written, but not read while a server link it feeds
+# catches up (backpressure), then OPEN again. CLOSING: written until its last message is out, not read.
+# CLOSED: gone. Numbered so that `state <= PAUSED` means "takes output".
 OPEN, PAUSED, CLOSING, CLOSED = range(4)
 
 
@@ -110,7 +118,8 @@ class ProtocolViolation(Exception):
 # ------------------------------------------------------------------------------ the template's records
 
 class BaseConnectionData:
-    """What the selector keeps for a socket whose peer has not registered yet."""
+    """A machine's record: as it is, what the selector keeps for a socket whose peer has not registered
+    yet; as the base of the host records, what every host in hosts_db has."""
 
     def __init__(self) -> None:
         self.write_buffer = bytearray()  # unsent bytes; for an adjacent host, its link's output
@@ -138,10 +147,18 @@ class ClientConnectionData(BaseConnectionData):
 
 
 HostData = Union[ServerConnectionData, ClientConnectionData]
+HANDLER_NAMES = {  # message_handlers' entries, by the name of the method each is bound to
+    SERVER_REGISTRATION: "handle_server_registration_message",
+    STATUS_UPDATE: "handle_status_message",
+    CLIENT_REGISTRATION: "handle_client_registration_message",
+    CLIENT_CHAT: "handle_client_chat_message",
+    CLIENT_QUIT: "handle_client_quit_message",
+    SERVER_QUIT: "handle_server_quit_message",
+}
 ConnectionData = Union[BaseConnectionData, ServerConnectionData, ClientConnectionData]
 
 
-class ChatMessage:
+class FramedChatMessage:
     """A client chat with the attributes of the parser's ClientChatMessage, built from the header that
     FrameCutter read to cut its frame: chats are most of the traffic, and this way a chat costs one
     header unpack and one check that its content is UTF-8 (decoded only when a handler reads it)."""
@@ -167,7 +184,7 @@ class ChatMessage:
 
 
 Message = Union[ServerRegistrationMessage, StatusUpdateMessage, ServerQuitMessage, ClientRegistrationMessage,
-                ClientChatMessage, ClientQuitMessage, ChatMessage]
+                ClientChatMessage, ClientQuitMessage, FramedChatMessage]
 Handler = Callable[[selectors.SelectorKey, Any], None]  # each takes the message of its own type
 
 
@@ -231,19 +248,12 @@ class CRCServer:
         self.listening = False  # from setup_server_socket() (the port is known) until cleanup()
         self.serving = False  # from the loop's first turn (after joining a network) until cleanup()
         self.announce_departure = False  # set by Ctrl-C or SIGTERM: say goodbye before closing
-        self.busy_turns = 0  # counts the loop's busy turns; odd while it is handling events (see is_quiet)
+        self.busy_turns = 0  # +1 as a busy turn starts and +1 as it ends: odd during a turn (see is_quiet)
         self.to_flush: List[Link] = []  # links given output in this turn, sent at its end
         self.overfed: Set[Link] = set()  # server links fed past their high-water mark by the chunk in hand
         self.receive_buffer = bytearray(RECEIVE_SIZE)  # one reused buffer: a fresh one per read costs an mmap
         self.receive_view = memoryview(self.receive_buffer)
-
-    def __setattr__(self, name: str, value: object) -> None:
-        # A handler put on the object after construction (as a course's test may) replaces the one in
-        # message_handlers too, so that every message of its type reaches it.
-        object.__setattr__(self, name, value)
-        message_type = _HANDLER_TYPES.get(name)
-        if message_type is not None and "message_handlers" in vars(self):
-            self.message_handlers[message_type] = value  # type: ignore[assignment]
+        self.bound_handlers = dict(self.message_handlers)  # what follow_replaced_handlers() last put there
 
     # ----------------------------------------------------------------------------- the template
 
@@ -290,7 +300,7 @@ class CRCServer:
         try:
             while not self.request_terminate:
                 events = self.sel.select(timeout=SELECT_TIMEOUT)
-                if events or self.timers.any_due():
+                if events or self.timers.due_now():
                     self.serve_turn(events)
         finally:
             self.serving = False
@@ -347,6 +357,7 @@ class CRCServer:
         """Cut the bytes received on a link into whole messages, and hand each to its handler through
         message_handlers. A message that breaks the protocol closes the link with a status saying why."""
         link: Link = io_device.data.link
+        self.follow_replaced_handlers()
         handlers, tracing = self.message_handlers, self.tracing
         for message in link.cutter.feed(recv_data):
             if tracing:
@@ -356,7 +367,7 @@ class CRCServer:
             except ProtocolViolation as violation:
                 self.protocol_error(link, str(violation))
                 return
-            if link.state is not OPEN:
+            if link.state != OPEN:
                 return  # closed, or closing after a refusal: the rest is not read
             if io_device.data is not link.record:  # the peer registered: its record replaced the link's
                 io_device = self.sel.get_key(link.sock)
@@ -374,7 +385,7 @@ class CRCServer:
             return False
         if self.tracing:
             self.print_info(f'Sending message to Host ID #{link.record.id} "{message!r}"')  # type: ignore[union-attr]
-        buffer = link.write_buffer  # queue(link, message), written out: this is the path of every chat
+        buffer = link.write_buffer  # queue(link, message), written out here (keep the two alike): every chat
         if not buffer:
             self.schedule_flush(link)
         buffer += message
@@ -478,7 +489,7 @@ class CRCServer:
         self.broadcast_message_to_adjacent_clients(client.registration, ignore_host_id=client_id)
 
     def handle_client_chat_message(self, io_device: selectors.SelectorKey,
-                                   message: Union[ClientChatMessage, ChatMessage]) -> None:
+                                   message: Union[ClientChatMessage, FramedChatMessage]) -> None:
         source = self.hosts_db.get(message.source_id)
         if source is None or source.link is not io_device.data.link:  # check_source's common case, inline
             if not self.check_source(io_device.data, message.source_id):
@@ -500,6 +511,8 @@ class CRCServer:
         self.logger.info("client %s (%d) quit: %s", client.client_name, client.id, message.content)
         self.broadcast_message_to_servers(message.bytes, ignore_host_id=record.id)
         self.broadcast_message_to_adjacent_clients(message.bytes, ignore_host_id=record.id)
+        if record is client:  # it may stay connected: a peer that must register again, or go
+            self.unregister_link(client.link)
 
     def init_logging(self) -> None:
         """Log to `log_file` in a Logs/ folder beside this file (as the course's template does), or
@@ -531,6 +544,15 @@ class CRCServer:
 
     # --------------------------------------------------------------------------- ours: messages
 
+    def follow_replaced_handlers(self) -> None:
+        """A handler replaced on the object or on the class after construction (as a course's test may
+        do, and undo) takes its place in message_handlers, so that every message of its type reaches it;
+        an entry put into message_handlers itself stays. Called once per chunk received."""
+        for message_type, name in HANDLER_NAMES.items():
+            current = getattr(self, name)
+            if self.message_handlers.get(message_type) == self.bound_handlers[message_type] != current:
+                self.message_handlers[message_type] = self.bound_handlers[message_type] = current
+
     def handle_server_quit_message(self, io_device: selectors.SelectorKey, message: ServerQuitMessage) -> None:
         record = io_device.data
         if not isinstance(record, ServerConnectionData):
@@ -555,7 +577,7 @@ class CRCServer:
         for hosts reached through it. False: drop it (its source is gone); a lie raises."""
         source = self.hosts_db.get(source_id)
         if source is not None and source.link is record.link:  # reached through this very link: all is well
-            return True
+            return True  # (handle_client_chat_message makes this test itself before calling here)
         if type(record) is ClientConnectionData:
             if source_id != record.id:
                 raise ProtocolViolation(f"a client may only speak for itself (id {record.id}), not for id {source_id}")
@@ -602,9 +624,12 @@ class CRCServer:
     def open_link(self, sock: socket.socket, outbound: bool) -> Link:
         link = Link(sock, self.sel, BaseConnectionData(), outbound, self.max_frame_size)
         self.links.add(link)
+        self.start_register_timer(link)
+        return link
+
+    def start_register_timer(self, link: Link) -> None:
         self.timers.start(("register", link), self.register_timeout,
                           lambda: self.disconnect(link, f"did not register within {self.register_timeout:g} s"))
-        return link
 
     def register_link(self, io_device: selectors.SelectorKey, host: HostData) -> None:
         """A link's peer has registered: it becomes an adjacent host, and the link's record."""
@@ -612,6 +637,12 @@ class CRCServer:
         link.attach(host)
         self.timers.cancel(("register", link))
         self.routes.add_adjacent(host)
+
+    def unregister_link(self, link: Optional[Link]) -> None:
+        """A client quit and stays connected: its link is opened again, as if just accepted."""
+        if link is not None and link.state != CLOSED:
+            link.attach(BaseConnectionData())
+            self.start_register_timer(link)
 
     def refuse(self, io_device: selectors.SelectorKey, text: str) -> None:
         """Tell a peer that its id is taken, over its own link with destination 0, and close that link."""
@@ -633,7 +664,8 @@ class CRCServer:
 
     def queue(self, link: Link, data: bytes) -> None:
         """Add to a link's output. It leaves at the end of this loop turn, with everything else the turn
-        gives that link, in as few system calls as the socket allows."""
+        gives that link, in as few system calls as the socket allows. send_message_to_host has a copy of
+        this, written out for speed."""
         buffer = link.write_buffer
         if not buffer:
             self.schedule_flush(link)
@@ -778,21 +810,25 @@ class CRCServer:
         self.busy_turns += 1
         try:
             for io_device, event_mask in events:
-                try:
-                    self.handle_io_device_events(io_device, event_mask)
-                except Exception:  # a bug must cost one link, never the whole server
-                    link = io_device.data.link if io_device.data is not None else None
-                    self.logger.exception("unexpected error while serving %s",
-                                          self.describe(link.record if link else None))
-                    if link is not None:
-                        self.disconnect(link, "unexpected server error")
-            self.timers.fire_due()
+                link = io_device.data.link if io_device.data is not None else None
+                self.guarded(link, self.handle_io_device_events, io_device, event_mask)
+            for key in self.timers.due_now():
+                self.guarded(key[1] if isinstance(key[1], Link) else None, self.timers.fire_now, key)
             for link in self.to_flush:
                 if link.state != CLOSED and link.write_buffer and not link.waits_for_writable:
-                    self.flush(link)
+                    self.guarded(link, self.flush, link)
             self.to_flush.clear()
         finally:
             self.busy_turns += 1
+
+    def guarded(self, link: Optional[Link], work: Callable[..., None], *arguments: Any) -> None:
+        """Do some of a turn's work; a bug in it must cost one link (the one it was for), never the server."""
+        try:
+            work(*arguments)
+        except Exception:
+            self.logger.exception("unexpected error while serving %s", self.describe(link.record if link else None))
+            if link is not None:
+                self.disconnect(link, "unexpected server error")
 
     def is_quiet(self) -> bool:
         """True when this server has nothing left to do: no unsent output, no partial frame, nothing to
@@ -828,16 +864,6 @@ class CRCServer:
         return [key[1] for key in list(self.timers.due) if key[0] == "hold"]
 
 
-_HANDLER_TYPES = {
-    "handle_server_registration_message": SERVER_REGISTRATION,
-    "handle_status_message": STATUS_UPDATE,
-    "handle_client_registration_message": CLIENT_REGISTRATION,
-    "handle_client_chat_message": CLIENT_CHAT,
-    "handle_client_quit_message": CLIENT_QUIT,
-    "handle_server_quit_message": SERVER_QUIT,
-}
-
-
 # --------------------------------------------------------------------------- under the template
 
 class FrameCutter:
@@ -867,7 +893,7 @@ class FrameCutter:
             data = self.rest + data
         messages: List[Message] = []
         # Locals, not globals and attributes: this loop runs once per frame of every chunk.
-        append, chat_header, chat, chat_type = messages.append, _CHAT_HEADER.unpack_from, ChatMessage, CLIENT_CHAT
+        append, chat_header, chat, chat_type = messages.append, _CHAT_HEADER.unpack_from, FramedChatMessage, CLIENT_CHAT
         header_size, longest_content = CHAT_HEADER_SIZE, self.max_frame_size - CHAT_HEADER_SIZE
         offset, end = 0, len(data)
         try:
@@ -910,6 +936,16 @@ class FrameCutter:
         return size
 
 
+def keep_alive(sock: socket.socket) -> None:
+    """Have the kernel probe an idle connection, so that a peer gone without a word (a cut cable, a
+    machine switched off) makes the socket fail within about KEEPALIVE_IDLE + 3 * KEEPALIVE_INTERVAL."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in (("TCP_KEEPIDLE", KEEPALIVE_IDLE), ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL),
+                          ("TCP_KEEPCNT", 3)):
+        if hasattr(socket, option):  # Linux has all three; elsewhere the system's defaults stay
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
+
+
 class Link:
     """One socket to an adjacent machine, from accept or connect until it closes: its frame cutter,
     its output, the events the selector watches for, and whether it is paused or closing.
@@ -922,6 +958,7 @@ class Link:
                  outbound: bool, max_frame_size: int) -> None:
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        keep_alive(sock)
         self.sock = sock
         self.sel = sel
         self.record: ConnectionData = record
@@ -935,8 +972,9 @@ class Link:
         self.held_back: List[Link] = []  # links paused until this one's output drains
         self.update_interest()
 
-    def attach(self, record: HostData) -> None:
-        """The peer has registered: its host record takes the place of the link's, output included."""
+    def attach(self, record: BaseConnectionData) -> None:
+        """The peer has registered (or, a client that quit, must again): its record takes the place of
+        the link's, output included."""
         record.write_buffer = self.write_buffer
         record.link = self
         self.record = record
@@ -944,10 +982,9 @@ class Link:
             self.sel.modify(self.sock, self.interest, record)
 
     def key(self) -> selectors.SelectorKey:
-        """The selector's key for this socket, as the template's methods take it."""
-        if self.interest:
-            return self.sel.get_key(self.sock)
-        return selectors.SelectorKey(self.sock, self.sock.fileno(), 0, self.record)
+        """The selector's key for this socket, as the template's methods take it (an open link is
+        always registered for reading)."""
+        return self.sel.get_key(self.sock)
 
     def send_some(self) -> int:
         """Send as much of the output as the socket takes now; returns how much that was."""
@@ -1063,19 +1100,12 @@ class Timers:
         if entry is not None:
             entry[1]()
 
-    def any_due(self) -> bool:
+    def due_now(self) -> List[TimerKey]:
+        """The timers due by now (fire each with fire_now: an earlier one's action may cancel a later)."""
         if not self.due:
-            return False
+            return []
         now = time.monotonic()
-        return any(when <= now for when, _ in self.due.values())
-
-    def fire_due(self) -> None:
-        if not self.due:
-            return
-        now = time.monotonic()
-        for key, (when, _) in list(self.due.items()):
-            if when <= now:
-                self.fire_now(key)  # an earlier action may have cancelled it: then it is gone
+        return [key for key, (when, _) in self.due.items() if when <= now]
 
     def next_deadline(self) -> Optional[float]:
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -304,5 +305,56 @@ def test_a_bug_in_a_handler_costs_one_link_and_never_the_server():
         survivor = RawPeer.client(a.port, 11, "survivor")
         survivor.wait_for(lambda m: m, "a welcome from the server that is still running")
         wait_for(lambda: set(a.hosts_db) == {11}, "the victim's departure to be processed")
+    finally:
+        a.stop()
+
+
+def test_a_client_that_quits_and_stays_connected_may_register_again(servers):
+    a = servers(id=1, servername="A")
+    watcher = RawPeer.client(a.port, 10, "watcher")
+    watcher.wait_for(lambda m: m, "welcome")
+    comeback = RawPeer.client(a.port, 20, "first name")
+    watcher.wait_for(lambda m: 20 in registered_ids(watcher, ClientRegistrationMessage), "the first registration")
+    comeback.send(ClientQuitMessage.bytes(20, "back soon"))
+    watcher.wait_for(lambda m: watcher.of_type(ClientQuitMessage), "the quit")
+    comeback.send(ClientRegistrationMessage.bytes(20, 0, "second name", ""))
+    comeback.wait_for(lambda m: len(statuses(comeback)) == 2, "a second welcome")
+    assert statuses(comeback)[1] == (0, 0, welcome("second name"))
+    wait_for(lambda: a.hosts_db.get(20) and a.hosts_db[20].client_name == "second name", "A to know the new name")
+    assert a.adjacent_user_ids == [10, 20]
+
+
+def test_a_quit_client_that_never_registers_again_is_let_go(servers):
+    a = servers(id=1, servername="A", register_timeout=0.3)
+    leaver = RawPeer.client(a.port, 20, "leaver")
+    leaver.wait_for(lambda m: m, "welcome")
+    leaver.send(ClientQuitMessage.bytes(20, "bye"))
+    leaver.wait_closed()
+    assert 20 not in a.hosts_db
+
+
+def test_every_link_asks_the_kernel_to_probe_a_silent_peer(servers):
+    a = servers(id=1, servername="A")
+    RawPeer.client(a.port, 10, "probed").wait_for(lambda m: m, "welcome")
+    sock = a.hosts_db[10].link.sock
+    assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+    if hasattr(socket, "TCP_KEEPIDLE"):
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 10
+
+
+class ServerWithABuggyDeparture(CRCServer):
+    def depart(self, host, reason=None):
+        raise RuntimeError("a bug in a timer's action")
+
+
+def test_a_bug_in_a_timers_action_never_stops_the_server():
+    a = RunningServer(ServerWithABuggyDeparture, id=1, servername="A", split_hold=0)
+    try:
+        first = RawPeer.client(a.port, 11, "first")
+        first.wait_for(lambda m: m, "welcome")
+        first.close()  # its departure, after a hold-down of 0, raises in the timer's action
+        survivor = RawPeer.client(a.port, 12, "survivor")
+        survivor.wait_for(lambda m: m, "a welcome from the server that is still running")
+        assert a.thread.is_alive(), "the server thread died"
     finally:
         a.stop()

@@ -13,7 +13,7 @@ import pytest
 
 import ChatMessageParser as codec
 import ChatServer as server
-from ChatServer import ChatMessage, FrameCutter
+from ChatServer import FrameCutter, FramedChatMessage
 
 SAMPLES = [
     codec.ServerRegistrationMessage.bytes(70000, 0, "srv", "info é"),
@@ -54,7 +54,7 @@ def test_a_stream_cut_at_every_point_gives_every_message_exactly_once() -> None:
         assert [message.bytes for message in messages] == SAMPLES, f"cut at byte {cut}"
         assert cutter.pending == 0 and cutter.problem is None
     chat = [message for message in FrameCutter(1 << 16).feed(STREAM) if message.message_type == codec.CLIENT_CHAT][0]
-    assert isinstance(chat, ChatMessage)
+    assert isinstance(chat, FramedChatMessage)
     assert (chat.source_id, chat.destination_id, chat.content) == (5, 6, '"Hi" ☃') == (
         expected[4].source_id, expected[4].destination_id, expected[4].content)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import inspect
 from pathlib import Path
+from unittest import mock
 from typing import Any, List
 
 import pytest
@@ -161,3 +162,21 @@ def test_the_real_handler_delivers_the_same_chats() -> None:
     finally:
         server.stop()
     assert [chat.content for chat in delivered] == ["hello", "again"]
+
+
+def test_a_handler_patched_on_the_object_or_the_class_and_restored_gives_the_server_back() -> None:
+    server = RunningServer(id=1, servername="A")
+    try:
+        with mock.patch.object(server.server, "handle_client_chat_message") as on_object:
+            assert chat_between_two_clients(server) == [] and on_object.call_count == 2
+        with mock.patch.object(CRCServer, "handle_client_chat_message") as on_class:
+            left, right = RawPeer.client(server.port, 12, "left2"), RawPeer.client(server.port, 13, "right2")
+            right.wait_for(lambda m: m, "right2's welcome")
+            left.wait_for(lambda m: len(m) >= 2, "right2 to be announced")
+            left.send(ClientChatMessage.bytes(12, 13, "to the class's patch"))
+            wait_for(lambda: on_class.call_count == 1, "the handler patched on the class to see the chat")
+        left.send(ClientChatMessage.bytes(12, 13, "restored"))
+        right.wait_for(lambda m: right.of_type(ClientChatMessage), "the chat, delivered by the restored handler")
+        assert [chat.content for chat in right.of_type(ClientChatMessage)] == ["restored"]
+    finally:
+        server.stop()
