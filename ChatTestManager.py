@@ -4,9 +4,19 @@ commands, then compares every machine's state with the case's final_state.
 
     python3 ChatTestManager.py                      run every case in TestCases/
     python3 ChatTestManager.py 2_ 4_3               run the cases whose names start with 2_ or 4_3
+    python3 ChatTestManager.py TestCases/4_3_chat_3_hops.cfg   a case named by its file
     python3 ChatTestManager.py --list               list the cases with their weights
+    python3 ChatTestManager.py --lint               read each case against its own commands; run nothing
     python3 ChatTestManager.py --server sub/ChatServer.py   grade another server (a submission)
+    python3 ChatTestManager.py --as-course          grade exactly as the course's checker does
     python3 ChatTestManager.py --demo               a small network in this process, for a first look
+
+Cases are read as the course's harness reads them: servers and clients connect to 127.0.0.1 whatever
+host a case names, connectivity cases record the chunks each server receives, and KILL ALL stops every
+machine in launch order. Before a case runs, the lint (Testers/lint.py) reads it against its own
+commands: a key it proves wrong is a case error, reported and not graded, and a server is never failed
+for a mistake in a case file. --as-course compares only the keys the course's checker compares, skips
+machines it cannot find, and says which keys it left unchecked.
 
 A WAIT ends as soon as the whole network is quiet (see Testers/quiet.py), or when its time has passed;
 a server that cannot say whether it is quiet (a submission may not) gets the full time, and
@@ -18,11 +28,11 @@ machine), --timeout S (a test fails once it runs S seconds beyond its own WAITs)
 the ports as written instead of free ones; implies -j 1), --logs DIR (where logs go; default Logs/
 beside this file), --gradescope FILE and --junit FILE (results for Gradescope and for CI).
 
-A case file is JSON: `type` (network_connectivity or CRC_functionality), `commands`, `final_state`,
-and optionally `weight` (points, default 1), `family` and `description`, which only the report uses.
-Any other top-level key is ignored with a warning in the test's log; a final_state key the checker does
-not know is an error. On a failure the log, the console and the results files draw the network.
-Exit status: 0 when every test passed, 1 when any failed, 2 for a usage error.
+Each case's log (Logs/CASE.log) holds its commands, each as a `*CMD` line among the servers' trace, the
+lint's findings, the waits, the result and the state every machine ended in; Logs/CASE/ holds each
+server's and client's own log. On a failure the log, the console and the results files draw the network.
+Exit status: 0 when every test passed, 1 when any failed (or, with --lint, when a case has an error),
+2 for a usage error.
 """
 
 from __future__ import annotations
@@ -30,10 +40,8 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import math
 import multiprocessing
 import os
-import re
 import shutil
 import signal
 import sys
@@ -45,7 +53,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, Dict, List, Optional, Set, Union
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 KIT_DIR = Path(__file__).resolve().parent
 if str(KIT_DIR) not in sys.path:  # so the kit's own modules import when this file is loaded from elsewhere
@@ -55,13 +63,13 @@ if str(KIT_DIR) not in sys.path:  # so the kit's own modules import when this fi
 # when a submission brings its own.
 import ChatClient  # noqa: E402
 import ChatMessageParser  # noqa: E402,F401
-from Testers import (  # noqa: E402
-    TESTER_FACTORIES,
-    ports,
-    tester_class,
-)
-from Testers.checker import allowed_keys, check_final_state, observed, validate_final_state  # noqa: E402
+from Testers import ports, tester_class  # noqa: E402
+from Testers.cases import Case, declared_weight, load_case, select_cases  # noqa: E402
+from Testers.checker import check_final_state  # noqa: E402
+from Testers.commands import CaseError, LaunchClient, LaunchServer, parse_command, split_arguments  # noqa: E402,F401
 from Testers.drawing import MachineView, draw_network  # noqa: E402
+from Testers.keys import keys_for  # noqa: E402
+from Testers.lint import lint  # noqa: E402
 from Testers.ports import PortMap, port_block  # noqa: E402
 from Testers.quiet import WaitRecord, can_report_quiet, wait_until_quiet  # noqa: E402
 from Testers.reports import write_gradescope, write_junit  # noqa: E402
@@ -72,269 +80,7 @@ DEFAULT_LOGS_DIR = KIT_DIR / "Logs"
 DEFAULT_SERVER = KIT_DIR / "ChatServer.py"
 DEFAULT_TIMEOUT = 30.0  # seconds beyond a case's own WAITs
 DRAWING_WIDTH = 94  # a 100-column terminal, less the indent of a failure's lines
-CASE_KEYS = {"type", "commands", "final_state"}
-OPTIONAL_CASE_KEYS = {"weight", "family", "description"}  # for the report only; the checker ignores them
-
-
-class CaseError(ValueError):
-    """A case file that cannot be run as written."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Commands
-
-def split_arguments(line: str) -> List[str]:
-    """Split on white space, keeping each double-quoted run whole, quotes included."""
-    tokens: List[str] = []
-    current: List[str] = []
-    quoted = False
-    for char in line:
-        if quoted:
-            current.append(char)
-            quoted = char != '"'
-        elif char == '"':
-            current.append(char)
-            quoted = True
-        elif char.isspace():
-            if current:
-                tokens.append("".join(current))
-                current = []
-        else:
-            current.append(char)
-    if quoted:
-        raise CaseError(f"unterminated double quote in {line!r}")
-    if current:
-        tokens.append("".join(current))
-    return tokens
-
-
-class _OptionParser(argparse.ArgumentParser):
-    """argparse that raises CaseError instead of printing usage and exiting."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise CaseError(f"{self.prog}: {message}")
-
-
-def _server_option_parser() -> _OptionParser:
-    parser = _OptionParser(prog="LAUNCHSERVER", add_help=False, allow_abbrev=False)
-    parser.add_argument("--id", type=int, default=None)
-    parser.add_argument("--servername", required=True)
-    parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--info", default="")
-    parser.add_argument("--connect_to_host", default=None)
-    parser.add_argument("--connect_to_port", type=int, default=None)
-    parser.add_argument("--log-file", dest="log_file", default=None)
-    return parser
-
-
-def _client_option_parser() -> _OptionParser:
-    parser = _OptionParser(prog="LAUNCHCLIENT", add_help=False, allow_abbrev=False)
-    parser.add_argument("--id", type=int, default=None)
-    parser.add_argument("--serverhost", default="localhost")
-    parser.add_argument("--serverport", type=int, required=True)
-    parser.add_argument("--username", required=True)
-    parser.add_argument("--info", default="")
-    parser.add_argument("--log-file", dest="log_file", default=None)
-    return parser
-
-
-SERVER_OPTIONS = _server_option_parser()
-CLIENT_OPTIONS = _client_option_parser()
-
-
-@dataclass
-class LaunchServer:
-    options: argparse.Namespace  # exactly the contract's server options, ports as written in the case
-
-    @property
-    def name(self) -> str:
-        return str(self.options.servername)
-
-
-@dataclass
-class LaunchClient:
-    options: argparse.Namespace
-
-    @property
-    def name(self) -> str:
-        return str(self.options.username)
-
-
-@dataclass
-class ClientCommand:
-    username: str
-    action: str  # MESSAGE or QUIT
-    text: str
-    destination: Optional[int] = None
-
-
-@dataclass
-class Wait:
-    seconds: float
-
-
-@dataclass
-class Kill:
-    target: str  # ALL or a machine's name
-
-
-Command = Union[LaunchServer, LaunchClient, ClientCommand, Wait, Kill]
-
-
-def _parse_client_command(arguments: List[str]) -> ClientCommand:
-    username: Optional[str] = None
-    words: Optional[List[str]] = None
-    index = 0
-    while index < len(arguments):
-        if arguments[index] == "--username" and index + 1 < len(arguments):
-            username = arguments[index + 1]
-            index += 2
-        elif arguments[index] == "--command":
-            # Everything after --command up to a later --username is the command and its text.
-            end = arguments.index("--username", index) if "--username" in arguments[index:] else len(arguments)
-            words = arguments[index + 1:end]
-            index = end
-        else:
-            raise CaseError(f"CLIENTCOMMAND: unexpected argument {arguments[index]!r}")
-    if username is None or not words:
-        raise CaseError("CLIENTCOMMAND needs --username NAME and --command MESSAGE ID TEXT or --command QUIT [TEXT]")
-    action, rest = words[0], words[1:]
-    if action == "QUIT":
-        return ClientCommand(username, action, " ".join(rest))
-    if action == "MESSAGE":
-        if len(rest) < 2 or not (rest[0].isascii() and rest[0].isdigit()):
-            raise CaseError(f"CLIENTCOMMAND --command MESSAGE needs a destination id and a text, not {rest!r}")
-        return ClientCommand(username, action, " ".join(rest[1:]), int(rest[0]))
-    raise CaseError(f"CLIENTCOMMAND: unknown command {action!r}; expected MESSAGE or QUIT")
-
-
-def parse_command(line: str) -> Command:
-    if not isinstance(line, str):
-        raise CaseError(f"a command must be a string, not {line!r}")
-    words = split_arguments(line)
-    if not words:
-        raise CaseError("empty command")
-    verb, arguments = words[0], words[1:]
-    if verb == "LAUNCHSERVER":
-        return LaunchServer(SERVER_OPTIONS.parse_args(arguments))
-    if verb == "LAUNCHCLIENT":
-        return LaunchClient(CLIENT_OPTIONS.parse_args(arguments))
-    if verb == "CLIENTCOMMAND":
-        return _parse_client_command(arguments)
-    if verb == "WAIT":
-        try:
-            seconds = float(arguments[0]) if len(arguments) == 1 else -1.0
-        except ValueError:
-            seconds = -1.0
-        if not 0 <= seconds < math.inf:  # also refuses nan
-            raise CaseError(f"WAIT needs one number of seconds, not {arguments!r}")
-        return Wait(seconds)
-    if verb == "KILL":
-        if len(arguments) != 1:
-            raise CaseError(f"KILL needs ALL or one machine's name, not {arguments!r}")
-        return Kill(arguments[0])
-    raise CaseError(f"unknown command {verb!r}; expected LAUNCHSERVER, LAUNCHCLIENT, CLIENTCOMMAND, WAIT or KILL")
-
-
-# ---------------------------------------------------------------------------------------------
-# Case files
-
-@dataclass
-class Case:
-    name: str
-    path: Path
-    type: str
-    lines: List[str]
-    commands: List[Command]
-    final_state: Dict[str, Dict[str, List[Any]]]
-    weight: float = 1.0
-    family: str = ""
-    description: str = ""
-    warnings: List[str] = field(default_factory=list)  # for the log: what was ignored in the file
-
-    @property
-    def total_wait(self) -> float:
-        return sum(command.seconds for command in self.commands if isinstance(command, Wait))
-
-
-def load_case(path: Path) -> Case:
-    """Read and check a case file completely, so that no mistake in it surfaces halfway through a run."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise CaseError(f"cannot read {path}: {error}") from None
-    if not isinstance(data, dict):
-        raise CaseError("a case file holds one JSON object")
-    missing = CASE_KEYS - data.keys()
-    if missing:
-        raise CaseError(f"missing keys {sorted(missing)}; a case has {sorted(CASE_KEYS)}"
-                        f" and may have {sorted(OPTIONAL_CASE_KEYS)}")
-    # The course's files may carry keys of their own: ignored, but said, in case one is a typo.
-    unknown = sorted(data.keys() - CASE_KEYS - OPTIONAL_CASE_KEYS)
-    warnings = [f"warning: ignored the unknown top-level key {key!r}; a case has {sorted(CASE_KEYS)}"
-                f" and may have {sorted(OPTIONAL_CASE_KEYS)}" for key in unknown]
-    if data["type"] not in TESTER_FACTORIES:
-        raise CaseError(f"unknown case type {data['type']!r}; expected one of {sorted(TESTER_FACTORIES)}")
-    if not isinstance(data["commands"], list):
-        raise CaseError("commands must be a list of strings")
-    commands = []
-    kinds: Dict[str, str] = {}  # machine name -> 'server' or 'client', in launch order
-    for number, line in enumerate(data["commands"], 1):
-        try:
-            command = parse_command(line)
-            if isinstance(command, (LaunchServer, LaunchClient)):
-                if command.name in kinds:
-                    raise CaseError(f"a machine named {command.name!r} is already launched")
-                kinds[command.name] = "server" if isinstance(command, LaunchServer) else "client"
-            elif isinstance(command, ClientCommand) and kinds.get(command.username) != "client":
-                raise CaseError(f"no client named {command.username!r} has been launched")
-            elif isinstance(command, Kill) and command.target != "ALL" and command.target not in kinds:
-                raise CaseError(f"no machine named {command.target!r} has been launched")
-        except CaseError as error:
-            raise CaseError(f"command {number} {line!r}: {error}") from None
-        commands.append(command)
-    problems = validate_final_state(data["final_state"], kinds, data["type"])
-    if problems:
-        raise CaseError("; ".join(problems))
-    weight = data.get("weight", 1)
-    if not _is_weight(weight):
-        raise CaseError(f"weight must be a number of points, not {weight!r}")
-    return Case(path.stem, path, data["type"], list(data["commands"]), commands, data["final_state"],
-                weight, str(data.get("family", "")), str(data.get("description", "")), warnings)
-
-
-def _declared_weight(path: Path) -> float:
-    """The weight a case file claims, even when the rest of it is broken, so the total stays right."""
-    try:
-        weight = json.loads(path.read_text(encoding="utf-8")).get("weight", 1)
-    except (OSError, ValueError, AttributeError):
-        return 1
-    return weight if _is_weight(weight) else 1
-
-
-def _is_weight(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
-
-
-def _natural_key(name: str) -> List[Union[int, str]]:
-    # 2_10 after 2_9: numbers in names compare as numbers.
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
-
-
-def select_cases(cases_dir: Path, selectors: List[str]) -> List[Path]:
-    """Case files whose names equal or start with one of the selectors (all of them without any)."""
-    paths = sorted(Path(cases_dir).glob("*.cfg"), key=lambda path: _natural_key(path.stem))
-    if not selectors:
-        return paths
-    chosen: List[Path] = []
-    for selector in selectors:
-        stem = selector[:-4] if selector.endswith(".cfg") else selector
-        matches = [path for path in paths if path.stem.startswith(stem)]
-        if not matches:
-            raise CaseError(f"no case in {cases_dir} is named or starts with {selector!r}")
-        chosen.extend(path for path in matches if path not in chosen)
-    return sorted(chosen, key=lambda path: _natural_key(path.stem))
+PASSED, FAILED, CASE_ERROR = "PASS", "FAIL", "CASE ERROR"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -344,14 +90,15 @@ _loaded_servers: Dict[Path, ModuleType] = {}
 _server_parsers: Dict[Path, Path] = {}  # server file -> the ChatMessageParser.py it imported
 
 
-def load_server_module(path: Path = DEFAULT_SERVER) -> ModuleType:
+def load_server_module(path: Path = DEFAULT_SERVER, parser: Optional[ModuleType] = None) -> ModuleType:
     """Import a ChatServer.py as a module named ChatServer.
 
-    A ChatMessageParser.py beside it is what that server imports, as in the course's kit; it is in
-    sys.modules only while the server module runs its imports, so everything else keeps ours.
+    What it imports as ChatMessageParser is `parser` if given, else a ChatMessageParser.py beside it, as
+    in the course's kit, else ours; that parser is in sys.modules only while the server module runs its
+    imports, so everything else keeps ours. A server loaded with a parser of its own is not cached.
     """
     path = Path(path).resolve()
-    if path in _loaded_servers:
+    if parser is None and path in _loaded_servers:
         return _loaded_servers[path]
     if not path.is_file():
         raise FileNotFoundError(f"no server file {path}")
@@ -360,7 +107,9 @@ def load_server_module(path: Path = DEFAULT_SERVER) -> ModuleType:
     beside = path.with_name("ChatMessageParser.py")
     parser_path = beside if beside.is_file() and not beside.samefile(kit_parser) else kit_parser
     try:
-        if parser_path != kit_parser:
+        if parser is not None:
+            sys.modules["ChatMessageParser"] = parser
+        elif parser_path != kit_parser:
             _exec_module("ChatMessageParser", parser_path)
         module = _exec_module("ChatServer", path)
     finally:
@@ -371,8 +120,9 @@ def load_server_module(path: Path = DEFAULT_SERVER) -> ModuleType:
                 sys.modules[name] = previous
     if not isinstance(getattr(module, "CRCServer", None), type):
         raise ImportError(f"{path} defines no class CRCServer")
-    _loaded_servers[path] = module
-    _server_parsers[path] = parser_path
+    if parser is None:
+        _loaded_servers[path] = module
+        _server_parsers[path] = parser_path
     return module
 
 
@@ -396,18 +146,32 @@ class Settings:
     keep_ports: bool = False
     logs_dir: Path = DEFAULT_LOGS_DIR
     strict_waits: bool = False  # every WAIT takes its full time, as in the course's kit
+    as_course: bool = False  # grade as the course's checker does: its keys only, no lint
+    server_class: Optional[type] = None  # a CRCServer class to test instead of server_path's (in-process runs)
 
 
 @dataclass
 class CaseResult:
     name: str
-    passed: bool
+    status: str  # PASSED, FAILED, or CASE_ERROR: the case could not be run as written, and is not graded
     seconds: float
     problems: List[str] = field(default_factory=list)  # checker explanations and errors, in order
     weight: float = 1.0
     family: str = ""
     drawing: str = ""  # the network at the end, drawn when the case failed after it ran
     waits: List[WaitRecord] = field(default_factory=list)  # what each WAIT did, in order
+    case_errors: List[str] = field(default_factory=list)  # the lint's findings: mistakes in the case file
+    unchecked: List[str] = field(default_factory=list)  # with --as-course, the keys it left unchecked
+    exception: Optional[BaseException] = None  # the first exception a machine raised, if any
+
+    @property
+    def passed(self) -> bool:
+        return self.status == PASSED
+
+    @property
+    def graded_weight(self) -> float:
+        """What the case counts toward the total: nothing when it could not be run as written."""
+        return 0 if self.status == CASE_ERROR else self.weight
 
     @property
     def score(self) -> float:
@@ -415,7 +179,11 @@ class CaseResult:
 
     @property
     def explanation(self) -> str:
-        return "\n".join(self.problems) if self.problems else "passed"
+        lines = list(self.problems) or (["passed"] if self.passed else [])
+        lines += [f"case error (not graded): {error}" for error in self.case_errors]
+        if self.unchecked:
+            lines.append(f"left unchecked, as the course's checker does: {', '.join(self.unchecked)}")
+        return "\n".join(lines)
 
     @property
     def output(self) -> str:
@@ -425,25 +193,38 @@ class CaseResult:
 
 class CaseRun:
     """One run of one case: the machines it launched and what went wrong. `execute` runs in a worker
-    thread so that the caller can give up on it when it hangs."""
+    thread so that the caller can give up on it when it hangs. The commands call back the methods
+    under `execute` (Testers.commands.Runner)."""
 
-    def __init__(self, case: Case, settings: Settings, server_class: type, log_dir: Path) -> None:
+    def __init__(self, case: Case, settings: Settings, server_class: type, log_dir: Path, trace: TraceCapture,
+                 not_graded: Set[Tuple[str, Optional[str]]]) -> None:
         self.case = case
         self.settings = settings
         self.server_class = tester_class(case.type, server_class)
         self.log_dir = log_dir
+        self.trace = trace
+        self.not_graded = not_graded
         self.ports = PortMap(settings.keep_ports)
-        self.servers: Dict[str, Any] = {}
+        self.machines: Dict[str, Tuple[str, Any]] = {}  # name -> (kind, machine), in launch order
         self.server_threads: Dict[str, threading.Thread] = {}
-        self.clients: Dict[str, Any] = {}
         self.problems: List[str] = []
+        self.unchecked: List[str] = []
         self.crashes: List[str] = []  # exceptions that ended a machine's thread
+        self.exceptions: List[BaseException] = []
         self.journal: List[str] = []  # what happened, for the log file
         self.waits: List[WaitRecord] = []
-        self.stopped: Set[str] = set()  # servers stopped by a KILL: they take no part in quiet waits
+        self.stopped: Set[str] = set()  # machines stopped by a KILL: they take no part in quiet waits
         self.step = "before the first command"
         self.aborted = threading.Event()
         self.started = time.monotonic()
+
+    @property
+    def servers(self) -> Dict[str, Any]:
+        return {name: machine for name, (kind, machine) in self.machines.items() if kind == "server"}
+
+    @property
+    def clients(self) -> Dict[str, Any]:
+        return {name: machine for name, (kind, machine) in self.machines.items() if kind == "client"}
 
     def note(self, text: str) -> None:
         self.journal.append(f"{time.monotonic() - self.started:8.3f}s  {text}")
@@ -455,45 +236,50 @@ class CaseRun:
                     return
                 self.step = f"command {number} {line!r}"
                 self.note(self.step)
-                self.carry_out(command)
-            failures = check_final_state(self.case.final_state, {**self.servers, **self.clients})
-            self.problems.extend(self.crashes + failures)
+                self.trace.add(f"*CMD {line}")  # among the servers' trace, as the course's harness logs it
+                command.carry_out(self)
+            verdict = check_final_state(self.case.final_state, self.machines, self.case.type, self.not_graded,
+                                        self.settings.as_course)
+            self.problems.extend(self.crashes + verdict.failures)
+            self.unchecked = verdict.unchecked
         except Exception as error:  # a server or client that raises is a failed test, not a crash of the run
+            self.exceptions.append(error)
             self.problems.extend(self.crashes)
             self.problems.append(f"error at {self.step}: {type(error).__name__}: {error}")
             self.note(traceback.format_exc())
         finally:
             self.stop_everything(join=True)
 
-    def carry_out(self, command: Command) -> None:
-        if isinstance(command, LaunchServer):
-            self.launch_server(command.options)
-        elif isinstance(command, LaunchClient):
-            self.launch_client(command.options)
-        elif isinstance(command, ClientCommand):
-            client = self.clients[command.username]
-            if command.action == "MESSAGE":
-                client.message_other_client(command.destination, command.text)
-            else:
-                client.quit(command.text)
-        elif isinstance(command, Wait):
-            self.wait(command.seconds * self.settings.slow)
-        elif command.target == "ALL":
-            # Servers one after another, as the course's kit does: each must stop without
-            # announcing anything, and the others must not react before they are stopped too.
-            for name in list(self.servers):
-                self.stop_server(name)
-            for client in self.clients.values():
-                client.request_terminate = True  # all at once, then wait for each listener to end
-            for client in self.clients.values():
-                client.stop()
-        elif command.target in self.servers:
-            self.stop_server(command.target)
-        else:
-            self.stop_client(command.target)
+    # ------------------------------------------------------------------ what the commands call
+
+    def launch_server(self, written: argparse.Namespace) -> None:
+        options = argparse.Namespace(**vars(written))
+        options.port = self.ports(written.port)
+        options.connect_to_port = self.ports(written.connect_to_port)
+        options.log_file = self.log_path(written.log_file, written.servername)
+        self.note(f"    {written.servername}: port {options.port}, connects to {options.connect_to_port}")
+        server = self.server_class(options, run_on_localhost=True)
+        name = written.servername
+        thread = threading.Thread(target=self._serve, args=(name, server), name=f"server {name}", daemon=True)
+        self.machines[name] = ("server", server)
+        self.server_threads[name] = thread
+        thread.start()
+
+    def launch_client(self, written: argparse.Namespace) -> None:
+        options = argparse.Namespace(**vars(written), simulate=True, verbose=False, debug=False)
+        options.serverport = self.ports(written.serverport)
+        options.log_file = self.log_path(written.log_file, written.username)
+        self.note(f"    {written.username}: server port {options.serverport}")
+        client = ChatClient.CRCClient(options, run_on_localhost=True)
+        self.machines[written.username] = ("client", client)
+        client.run()
+
+    def client(self, name: str) -> Any:
+        return self.machines[name][1]
 
     def wait(self, seconds: float) -> None:
         """A WAIT: until the network is quiet or the time has passed (see Testers/quiet.py)."""
+        seconds *= self.settings.slow
         started = time.monotonic()
         running = [server for name, server in self.servers.items()
                    if name not in self.stopped and self.server_threads[name].is_alive()]
@@ -511,47 +297,34 @@ class CaseRun:
         self.waits.append(record)
         self.note(f"    {record.line}")
 
+    def kill_all(self) -> None:
+        """Every machine, one after another in launch order, as the course's kit does: each must stop
+        without announcing anything, and the others must not react before they are stopped too."""
+        for name in self.machines:
+            self.kill(name)
+
+    def kill(self, name: str) -> None:
+        self.stopped.add(name)
+        kind, machine = self.machines[name]
+        self.note(f"    stopping {kind} {name}")
+        if kind == "server":
+            machine.request_terminate = True
+            self.server_threads[name].join()
+        else:
+            machine.stop()  # waits until its connection is closed, so that the next WAIT sees its server react
+
+    # ------------------------------------------------------------------------------ the rest
+
     def log_path(self, requested: Optional[str], name: str) -> str:
         # Only the file name is kept: every machine's log goes in this case's own folder.
         return str(self.log_dir / (Path(requested).name if requested else f"{name}.log"))
 
-    def launch_server(self, written: argparse.Namespace) -> None:
-        options = argparse.Namespace(**vars(written))
-        options.port = self.ports(written.port)
-        options.connect_to_port = self.ports(written.connect_to_port)
-        options.log_file = self.log_path(written.log_file, written.servername)
-        self.note(f"    {written.servername}: port {options.port}, connects to {options.connect_to_port}")
-        server = self.server_class(options, run_on_localhost=True)
-        name = written.servername
-        thread = threading.Thread(target=self._serve, args=(name, server), name=f"server {name}", daemon=True)
-        self.servers[name] = server
-        self.server_threads[name] = thread
-        thread.start()
-
     def _serve(self, name: str, server: Any) -> None:
         try:
             server.run()
-        except Exception:
+        except Exception as error:
+            self.exceptions.append(error)
             self.crashes.append(f"server {name} crashed:\n{traceback.format_exc().rstrip()}")
-
-    def launch_client(self, written: argparse.Namespace) -> None:
-        options = argparse.Namespace(**vars(written), simulate=True, verbose=False, debug=False)
-        options.serverport = self.ports(written.serverport)
-        options.log_file = self.log_path(written.log_file, written.username)
-        self.note(f"    {written.username}: server port {options.serverport}")
-        client = ChatClient.CRCClient(options, run_on_localhost=True)
-        self.clients[written.username] = client
-        client.run()
-
-    def stop_server(self, name: str) -> None:
-        self.stopped.add(name)
-        self.servers[name].request_terminate = True
-        self.server_threads[name].join()
-
-    def stop_client(self, name: str) -> None:
-        """Stop a client and wait until its connection is closed, so that the next WAIT sees its server
-        react."""
-        self.clients[name].stop()
 
     def stop_everything(self, join: bool) -> None:
         """Stop whatever still runs: after a failure, or when the time limit gives up on the case."""
@@ -569,37 +342,40 @@ class CaseRun:
     def observed_state(self) -> Dict[str, Dict[str, Any]]:
         """Every checkable key of every machine, for the log."""
         state: Dict[str, Dict[str, Any]] = {}
-        for kind, machines in (("server", self.servers), ("client", self.clients)):
-            for name, machine in list(machines.items()):
-                state[name] = {}
-                for key in sorted(allowed_keys(kind, self.case.type)):
-                    try:
-                        state[name][key] = observed(machine, key)
-                    except (AttributeError, TypeError) as error:
-                        state[name][key] = f"<unreadable: {error}>"
+        for name, (kind, machine) in list(self.machines.items()):
+            state[name] = {}
+            for key in keys_for(kind, self.case.type):
+                try:
+                    state[name][key.name] = key.observe(machine)
+                except (AttributeError, TypeError) as error:
+                    state[name][key.name] = f"<unreadable: {error}>"
         return state
+
+    def graded_expectations(self, name: str) -> Dict[str, Any]:
+        """What the final state expects of a machine, less the keys the lint proved wrong."""
+        expected = self.case.final_state.get(name) if isinstance(self.case.final_state, dict) else None
+        if not isinstance(expected, dict) or (name, None) in self.not_graded:
+            return {}
+        return {key: value for key, value in expected.items() if (name, key) not in self.not_graded}
 
     def draw(self) -> str:
         """The network as the machines saw it at the end, marked where it differs from final_state."""
-        shown = ["recvd_messages_asdqw", "sent_messages_asdqw"] if self.case.type == "network_connectivity" \
-            else ["adjacent_server_ids", "adjacent_user_ids", "hosts_db"]
         state = self.observed_state()
         by_port: Dict[int, str] = {}  # written port -> the server launched on it (so far)
         views = []
-        for command in self.case.commands:
+        for command in self.case.launches:
             if isinstance(command, LaunchServer):
-                name, kind, attached = command.name, "server", by_port.get(command.options.connect_to_port)
-                by_port[command.options.port] = name
-            elif isinstance(command, LaunchClient):
-                name, kind, attached = command.name, "client", by_port.get(command.options.serverport)
+                attached = by_port.get(command.options.connect_to_port)
+                by_port[command.options.port] = command.name
             else:
-                continue
-            if name not in state:
+                attached = by_port.get(command.options.serverport)
+            if command.name not in state:
                 continue  # never launched: the run stopped before it
-            keys = shown if kind == "server" else ["connected_user_ids"]
-            seen = {key: value for key, value in state[name].items() if key in keys}
-            expected = self.case.final_state.get(name, {})
-            views.append(MachineView(name, kind, command.options.id, attached, seen, expected))
+            kind = self.machines[command.name][0]
+            drawn = {key.name for key in keys_for(kind, self.case.type) if key.drawn}
+            seen = {key: value for key, value in state[command.name].items() if key in drawn}
+            views.append(MachineView(command.name, kind, command.options.id, attached, seen,
+                                     self.graded_expectations(command.name)))
         return draw_network(views, DRAWING_WIDTH)
 
 
@@ -608,6 +384,7 @@ class _ThreadErrors:
 
     def __init__(self) -> None:
         self.errors: List[str] = []
+        self.exceptions: List[BaseException] = []
         self._previous: Callable[[Any], object] = threading.excepthook
 
     def __enter__(self) -> "_ThreadErrors":
@@ -621,7 +398,15 @@ class _ThreadErrors:
         name = args.thread.name if args.thread else "a thread"
         text = "".join(traceback.format_exception(args.exc_type, args.exc_value, args.exc_traceback))
         self.errors.append(f"{name} raised:\n{text.rstrip()}")
+        if args.exc_value is not None:
+            self.exceptions.append(args.exc_value)
         self._previous(args)
+
+
+def server_class_for(settings: Settings) -> type:
+    if settings.server_class is not None:
+        return settings.server_class
+    return load_server_module(settings.server_path).CRCServer  # type: ignore[no-any-return]
 
 
 def run_case(path: Path, settings: Optional[Settings] = None) -> CaseResult:
@@ -632,19 +417,27 @@ def run_case(path: Path, settings: Optional[Settings] = None) -> CaseResult:
     try:
         case = load_case(path)
     except CaseError as error:
-        return CaseResult(path.stem, False, 0.0, [f"error: {error}"], weight=_declared_weight(path))
+        return CaseResult(path.stem, CASE_ERROR, 0.0, [], declared_weight(path), case_errors=[str(error)])
+    findings = lint(case)
+    whole = [finding for finding in findings if finding.whole_case]
+    if whole:
+        return CaseResult(case.name, CASE_ERROR, 0.0, [], case.weight, case.family,
+                          case_errors=[str(finding) for finding in findings])
     try:
-        server_class = load_server_module(settings.server_path).CRCServer
-    except Exception:  # whatever a submission raises on import is its failure, not the run's
+        server_class = server_class_for(settings)
+    except Exception as error:  # whatever a submission raises on import is its failure, not the run's
         problem = f"error: cannot load {settings.server_path}:\n{traceback.format_exc().rstrip()}"
-        return CaseResult(case.name, False, 0.0, [problem], case.weight, case.family)
+        return CaseResult(case.name, FAILED, 0.0, [problem], case.weight, case.family, exception=error)
 
+    not_graded: Set[Tuple[str, Optional[str]]] = set()
+    if not settings.as_course:
+        not_graded = {(finding.machine, finding.key) for finding in findings if finding.machine is not None}
     log_dir = Path(settings.logs_dir) / case.name
     shutil.rmtree(log_dir, ignore_errors=True)  # logs of an earlier run would mislead
     log_dir.mkdir(parents=True, exist_ok=True)
-    run = CaseRun(case, settings, server_class, log_dir)
     limit = settings.timeout + settings.slow * case.total_wait
     with _ThreadErrors() as thread_errors, capture_stdout() as trace:
+        run = CaseRun(case, settings, server_class, log_dir, trace, not_graded)
         worker = threading.Thread(target=run.execute, name=f"case {case.name}", daemon=True)
         worker.start()
         worker.join(limit)
@@ -655,31 +448,35 @@ def run_case(path: Path, settings: Optional[Settings] = None) -> CaseResult:
         else:
             problems = list(run.problems)
     problems += thread_errors.errors
-    drawing = run.draw() if problems and (run.servers or run.clients) else ""
-    result = CaseResult(case.name, not problems, time.monotonic() - started, problems, case.weight, case.family,
-                        drawing, list(run.waits))
+    drawing = run.draw() if problems and run.machines else ""
+    exceptions = run.exceptions + thread_errors.exceptions
+    result = CaseResult(case.name, FAILED if problems else PASSED, time.monotonic() - started, problems,
+                        case.weight, case.family, drawing, list(run.waits), [str(finding) for finding in findings],
+                        run.unchecked, exceptions[0] if exceptions else None)
     _write_log(Path(settings.logs_dir) / f"{case.name}.log", case, settings, run, result, trace)
     return result
 
 
 def _write_log(log_file: Path, case: Case, settings: Settings, run: CaseRun, result: CaseResult,
                trace: TraceCapture) -> None:
+    server = settings.server_class or Path(settings.server_path).resolve()
     lines = [
         f"case     {case.name} ({case.path})",
         f"type     {case.type}; weight {case.weight:g}; family {case.family or '-'}",
-        f"server   {Path(settings.server_path).resolve()}",
+        f"server   {server}",
         f"parser   {_server_parsers.get(Path(settings.server_path).resolve())} (what that server imported)",
         f"settings slow {settings.slow:g}, timeout {settings.timeout:g} s, keep ports {settings.keep_ports},"
-        f" strict waits {settings.strict_waits}",
+        f" strict waits {settings.strict_waits}, as the course {settings.as_course}",
         f"worker   process {os.getpid()}, port block {ports.block!r}",
         f"ports    {run.ports.ports or 'as written'}",
         f"logs     {run.log_dir}",
         *case.warnings,
+        *[f"case error (not graded): {error}" for error in result.case_errors],
         "",
         *run.journal,
         "",
-        f"result   {'PASS' if result.passed else 'FAIL'} in {result.seconds:.2f} s",
-        *result.problems,
+        f"result   {result.status} in {result.seconds:.2f} s",
+        *result.explanation.splitlines(),
         *([""] + result.drawing.splitlines() if result.drawing else []),
         "",
         "observed state:",
@@ -687,7 +484,7 @@ def _write_log(log_file: Path, case: Case, settings: Settings, run: CaseRun, res
     for name, state in run.observed_state().items():
         lines.append(f"  {name}")
         lines.extend(f"    {key}: {json.dumps(value, default=repr)}" for key, value in state.items())
-    lines += ["", "trace (what the servers printed):", *trace.ended(), ""]
+    lines += ["", "trace (what the servers printed, and each command as *CMD):", *trace.ended(), ""]
     log_file.write_text("\n".join(lines), encoding="utf-8")
 
 
@@ -702,16 +499,26 @@ def print_table(results: List[CaseResult]) -> None:
     width = max([len(result.name) for result in results] + [4])
     family_width = max([len(result.family) for result in results] + [6])
     print()
-    print(f"{'Test':<{width}}  {'Family':<{family_width}}  Result  Points  Time")
+    print(f"{'Test':<{width}}  {'Family':<{family_width}}  {'Result':<10}  Points  Time    Case errors")
     for result in results:
-        points = f"{_points(result.score)}/{_points(result.weight)}"
-        verdict = "PASS" if result.passed else "FAIL"
-        print(f"{result.name:<{width}}  {result.family or '-':<{family_width}}  {verdict:<6}"
-              f"  {points:>6}  {result.seconds:5.1f} s")
-    passed = sum(result.passed for result in results)
-    total = sum(result.weight for result in results)
+        points = f"{_points(result.score)}/{_points(result.graded_weight)}"
+        errors = str(len(result.case_errors)) if result.case_errors else ""
+        print(f"{result.name:<{width}}  {result.family or '-':<{family_width}}  {result.status:<10}"
+              f"  {points:>6}  {result.seconds:5.1f} s  {errors}".rstrip())
+    graded = [result for result in results if result.status != CASE_ERROR]
+    passed = sum(result.passed for result in graded)
+    total = sum(result.graded_weight for result in results)
     score = sum(result.score for result in results)
-    print(f"Score: {_points(score)}/{_points(total)}; {passed} of {len(results)} tests passed", flush=True)
+    summary = f"Score: {_points(score)}/{_points(total)}; {passed} of {len(graded)} tests passed"
+    not_run = [result for result in results if result.status == CASE_ERROR]
+    with_errors = [result for result in results if result.case_errors and result.status != CASE_ERROR]
+    if not_run:
+        summary += (f"; {len(not_run)} case(s) not run for errors in the file"
+                    f" ({_points(sum(result.weight for result in not_run))} points not graded)")
+    if with_errors:
+        summary += f"; {sum(len(result.case_errors) for result in with_errors)} case error(s) in" \
+                   f" {len(with_errors)} case(s) that ran (those keys not graded)"
+    print(summary, flush=True)
 
 
 def list_cases(paths: List[Path]) -> None:
@@ -721,6 +528,23 @@ def list_cases(paths: List[Path]) -> None:
             print(f"{case.name:<40} {_points(case.weight):>3}  {case.family or '-':<16} {case.description}")
         except CaseError as error:
             print(f"{path.stem:<40} error: {error}")
+
+
+def lint_cases(paths: List[Path]) -> int:
+    """--lint: every mistake in each case, named with the case and the command or key; 1 if any."""
+    errors = 0
+    for path in paths:
+        try:
+            findings: List[Any] = lint(load_case(path))
+        except CaseError as error:
+            findings = [error]
+        errors += len(findings)
+        print(f"{'ok   ' if not findings else 'ERROR'}  {path.stem}", flush=True)
+        for finding in findings:
+            note = "  (the whole case cannot be graded)" if getattr(finding, "whole_case", True) else ""
+            print(f"       {finding}{note}", flush=True)
+    print(f"{errors} error(s) in {len(paths)} case(s)")
+    return 1 if errors else 0
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -737,10 +561,16 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         return value
 
     parser = argparse.ArgumentParser(description="Run CRC scenario test cases.")
-    parser.add_argument("names", nargs="*", help="run only the cases whose names are or start with these")
+    parser.add_argument("names", nargs="*",
+                        help="run only these cases: names, starts of names, or paths to .cfg files")
     parser.add_argument("--cases", type=Path, default=DEFAULT_CASES_DIR, help="folder of .cfg case files")
     parser.add_argument("--server", type=Path, default=DEFAULT_SERVER, help="the ChatServer.py to test")
     parser.add_argument("--list", action="store_true", help="list the cases and exit")
+    parser.add_argument("--lint", action="store_true",
+                        help="read each case against its own commands, report every mistake, and exit")
+    parser.add_argument("--as-course", action="store_true",
+                        help="grade exactly as the course's checker does: only its keys, machines it cannot find"
+                             " skipped, no lint")
     parser.add_argument("-j", "--jobs", type=workers, default=os.cpu_count() or 1, metavar="N",
                         help="run N cases at a time in worker processes (default: one per core, %(default)s here);"
                              " 1 runs them one by one in this process")
@@ -761,9 +591,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 
 def report(result: CaseResult) -> None:
-    """One line per finished test, and why it failed."""
-    print(f"{'PASS' if result.passed else 'FAIL'}  {result.name}  ({result.seconds:.1f} s)", flush=True)
-    for line in result.output.splitlines() if not result.passed else []:
+    """One line per finished test, and why it failed or what in its file is wrong."""
+    print(f"{result.status}  {result.name}  ({result.seconds:.1f} s)", flush=True)
+    for line in result.output.splitlines() if not result.passed or result.case_errors else []:
         print(f"      {line}".rstrip(), flush=True)
 
 
@@ -796,8 +626,8 @@ def run_cases(paths: List[Path], settings: Settings, jobs: int) -> List[CaseResu
                 try:
                     result = future.result()
                 except BrokenProcessPool as error:  # a worker died (a submission called os._exit, say)
-                    result = CaseResult(paths[index].stem, False, 0.0, [f"error: the worker process died: {error}"],
-                                        _declared_weight(paths[index]))
+                    result = CaseResult(paths[index].stem, FAILED, 0.0, [f"error: the worker process died: {error}"],
+                                        declared_weight(paths[index]))
                 finished[index] = result
                 report(result)
         except KeyboardInterrupt:
@@ -822,12 +652,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.list:
         list_cases(paths)
         return 0
+    if args.lint:
+        return lint_cases(paths)
     try:
         load_server_module(args.server)
     except Exception:  # whatever a submission raises on import, report it rather than a traceback of ours
         print(f"error: cannot load {args.server}:\n{traceback.format_exc()}", file=sys.stderr)
         return 2
-    settings = Settings(args.server, args.slow, args.timeout, args.keep_ports, args.logs, args.strict_waits)
+    settings = Settings(args.server, args.slow, args.timeout, args.keep_ports, args.logs, args.strict_waits,
+                        args.as_course)
     jobs = 1 if args.keep_ports else min(args.jobs, len(paths))  # cases as written share their ports
     started = time.monotonic()
     try:
@@ -841,7 +674,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         write_gradescope(args.gradescope, results, seconds)
     if args.junit:
         write_junit(args.junit, results, seconds)
-    return 0 if all(result.passed for result in results) else 1
+    return 0 if all(result.status != FAILED for result in results) else 1
 
 
 if __name__ == "__main__":

@@ -11,10 +11,11 @@ from __future__ import annotations
 from typing import Callable, Dict
 
 from Testers.connectivity import make_connectivity_tester
+from Testers.keys import CONNECTIVITY, FUNCTIONALITY
 
 TESTER_FACTORIES: Dict[str, Callable[[type], type]] = {
-    "network_connectivity": make_connectivity_tester,
-    "CRC_functionality": lambda server_class: server_class,
+    CONNECTIVITY: make_connectivity_tester,
+    FUNCTIONALITY: lambda server_class: server_class,
 }
 
 

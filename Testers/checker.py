@@ -1,58 +1,24 @@
 """Checks the state machines ended in against a case's `final_state`.
 
-Every key that the final state names is compared; a key this checker does not know is an error, never
-skipped, so that a typo cannot turn a check into a silent pass. Values compare as sets plus lengths:
-order does not matter (it depends on timing), but a duplicate or a missing entry does.
+By default every key that the final state names is compared, except those the lint proves wrong
+(Testers/lint.py), which are case errors and not graded. With `as_course`, only the keys the course's
+checker compares are compared, and a machine it cannot find is skipped, as the course does; the keys
+left unchecked are listed. Values compare as sets plus lengths: order does not matter (it depends on
+timing), but a duplicate or a missing entry does.
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, FrozenSet, Iterable, List, Optional
+from dataclasses import dataclass, field
+from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
 
-SERVER_KEYS = frozenset({"adjacent_server_ids", "adjacent_user_ids", "hosts_db", "status_updates_log"})
-CONNECTIVITY_KEYS = frozenset({"recvd_messages_asdqw", "sent_messages_asdqw"})  # the recorder's hex chunks
-CLIENT_KEYS = frozenset({"connected_user_ids", "status_updates_log", "chat_messages_log"})
-
-
-def allowed_keys(kind: str, case_type: str) -> FrozenSet[str]:
-    """Keys a final state may name for a 'server' or 'client' in a case of this type."""
-    if kind == "client":
-        return CLIENT_KEYS
-    return SERVER_KEYS | CONNECTIVITY_KEYS if case_type == "network_connectivity" else SERVER_KEYS
+from Testers.keys import find
 
 
-def validate_final_state(final_state: Any, machine_kinds: Dict[str, str], case_type: str) -> List[str]:
-    """Problems with the final state itself, found before anything runs.
-
-    `machine_kinds` maps every name the commands launch to 'server' or 'client'.
-    """
-    if not isinstance(final_state, dict):
-        return [f"final_state must be an object keyed by machine name, not {type(final_state).__name__}"]
-    problems = []
-    for name, expected in final_state.items():
-        kind = machine_kinds.get(name)
-        if kind is None:
-            launched = ", ".join(sorted(machine_kinds)) or "nothing"
-            problems.append(f"final_state names {name!r}, but the commands launch no such machine"
-                            f" (they launch {launched})")
-            continue
-        if not isinstance(expected, dict):
-            problems.append(f"final_state[{name!r}] must be an object of keys to lists")
-            continue
-        allowed = allowed_keys(kind, case_type)
-        for key, value in expected.items():
-            if key not in allowed:
-                problems.append(f"final_state[{name!r}] has unknown key {key!r} for a {kind} in a {case_type} case;"
-                                f" known keys are {', '.join(sorted(allowed))}")
-            elif not isinstance(value, list) or not all(isinstance(item, (int, str)) for item in value):
-                problems.append(f"final_state[{name!r}][{key!r}] must be a list of ids or texts, not {value!r}")
-    return problems
-
-
-def observed(machine: Any, key: str) -> List[Any]:
-    """A machine's value for a final-state key as a list: the ids of a dict, the items of a list."""
-    value = getattr(machine, key)
-    return list(value.keys()) if isinstance(value, dict) else list(value)
+@dataclass
+class Verdict:
+    failures: List[str] = field(default_factory=list)  # one explanation per key that differs
+    unchecked: List[str] = field(default_factory=list)  # machine.key named in the file but not compared
 
 
 def _shown(items: Iterable[Any]) -> str:
@@ -77,18 +43,29 @@ def compare(label: str, expected: List[Any], found: List[Any]) -> Optional[str]:
     return "\n".join(lines)
 
 
-def check_final_state(final_state: Dict[str, Dict[str, List[Any]]], machines: Dict[str, Any]) -> List[str]:
-    """One explanation per key that differs; empty when everything matches."""
-    failures = []
+def check_final_state(final_state: Dict[str, Any], machines: Dict[str, Tuple[str, Any]], case_type: str,
+                      not_graded: Set[Tuple[str, Optional[str]]], as_course: bool = False) -> Verdict:
+    """Compare each machine's state with the final state. `machines` maps a name to (kind, machine);
+    `not_graded` holds (machine, key) pairs the lint proved wrong, and (machine, None) for whole entries."""
+    verdict = Verdict()
     for name, expected_state in final_state.items():
-        for key, expected in expected_state.items():
-            label = f"{name}.{key}"
+        if name not in machines or (name, None) in not_graded:
+            continue  # the lint names it; the course skips it silently
+        kind, machine = machines[name]
+        for key_name, expected in expected_state.items():
+            label = f"{name}.{key_name}"
+            key = find(kind, case_type, key_name)
+            if key is None or (name, key_name) in not_graded:
+                continue
+            if as_course and not key.course_checks:
+                verdict.unchecked.append(label)
+                continue
             try:
-                found = observed(machines[name], key)
+                found = key.observe(machine)
             except (AttributeError, TypeError) as error:
-                failures.append(f"{label}: expected {_shown(expected)}, but it could not be read: {error}")
+                verdict.failures.append(f"{label}: expected {_shown(expected)}, but it could not be read: {error}")
                 continue
             explanation = compare(label, expected, found)
             if explanation:
-                failures.append(explanation)
-    return failures
+                verdict.failures.append(explanation)
+    return verdict

@@ -1,9 +1,13 @@
-"""The network-connectivity tester: a server that records the raw bytes it sends and receives.
+"""The network-connectivity tester: a server that records the raw bytes it receives and sends.
 
 It is built as a subclass of whichever CRCServer is under test, so it exercises that server's own
 sockets, accept and connect code, and write buffers. It acts on nothing it receives, so each server
 only ever sends its own first registration: what the case checks is that those bytes leave and
 arrive intact, one registration per chunk.
+
+As in the course's recorder, `recvd_messages_asdqw` holds each chunk received, in hex, and
+`sent_messages_asdqw` is never filled (the course's files expect [] there). The chunks sent are kept in
+a key of our own, `sent_chunks`.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ def make_connectivity_tester(server_class: type) -> type:
             # Set before the server's own __init__, in case that already touches the network.
             self.recvd_messages_asdqw: List[str] = []
             self.sent_messages_asdqw: List[str] = []
+            self.sent_chunks: List[str] = []
             super().__init__(*args, **kwargs)
 
         def handle_messages(self, io_device: Any, recv_data: bytes) -> None:
@@ -33,7 +38,7 @@ def make_connectivity_tester(server_class: type) -> type:
                 # is gone from the buffer is exactly what was sent.
                 sent = len(before) - len(io_device.data.write_buffer)
                 if sent > 0:
-                    self.sent_messages_asdqw.append(before[:sent].hex())
+                    self.sent_chunks.append(before[:sent].hex())
 
     ConnectivityTester.__name__ = ConnectivityTester.__qualname__ = f"ConnectivityTester({server_class.__name__})"
     return ConnectivityTester

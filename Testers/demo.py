@@ -9,12 +9,13 @@ from __future__ import annotations
 import argparse
 import threading
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from ChatClient import CRCClient, describe_event
 from ChatMessageParser import Message
 from ChatServer import CRCServer
 from Testers.drawing import MachineView, draw_network
+from Testers.keys import FUNCTIONALITY, keys_for
 from Testers.quiet import wait_until_quiet
 
 SERVERS = [(1, "alpha"), (2, "beta"), (3, "gamma")]  # a chain: each joins the one before
@@ -82,12 +83,13 @@ class Demo:
             self.shout(f"    [{client.client_name} sees] {text}")
 
     def draw(self) -> str:
-        views = [MachineView(server.server_name, "server", server.id, None,
-                             {"adjacent_server_ids": list(server.adjacent_server_ids),
-                              "adjacent_user_ids": list(server.adjacent_user_ids), "hosts_db": list(server.hosts_db)})
+        def seen(kind: str, machine: Any) -> Dict[str, Any]:
+            return {key.name: key.observe(machine) for key in keys_for(kind, FUNCTIONALITY) if key.drawn}
+
+        views = [MachineView(server.server_name, "server", server.id, None, seen("server", server))
                  for server in self.servers]
         views += [MachineView(client.client_name, "client", client.id, self.homes[client.client_name],
-                              {"connected_user_ids": list(client.connected_user_ids)}) for client in self.clients]
+                              seen("client", client)) for client in self.clients]
         return draw_network(views, headline=False)
 
     def client(self, name: str) -> CRCClient:

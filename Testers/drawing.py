@@ -18,10 +18,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
-# What each row shows, in order: (label, state key). A machine shows the rows its `seen` holds.
-SERVER_ROWS = [("links", "adjacent_server_ids"), ("clients", "adjacent_user_ids"), ("hosts", "hosts_db"),
-               ("received", "recvd_messages_asdqw"), ("sent", "sent_messages_asdqw")]
-CLIENT_ROWS = [("knows", "connected_user_ids")]
+from Testers.keys import KEYS
+
+# What each row shows, in order: (label, state key), from the keys' table. A machine shows the rows
+# its `seen` holds.
+SERVER_ROWS = [(key.label, key.name) for key in KEYS if key.kind == "server" and key.drawn]
+CLIENT_ROWS = [(key.label, key.name) for key in KEYS if key.kind == "client" and key.drawn]
 LABEL_WIDTH = 9  # "received " and the like: rows line up
 HEADLINE = ("The network at the end, as each machine saw it. Marked where it differs from the expected\n"
             "final state: 'missing' = expected but not there, 'extra' = there but not expected.")

@@ -1,7 +1,8 @@
 """Results files for other tools: Gradescope's autograder results.json, and JUnit XML for CI.
 
-Both take the manager's CaseResults (anything with name, passed, score, weight, seconds, family and
-output) in case order.
+Both take the manager's CaseResults (anything with name, status, passed, score, graded_weight, seconds,
+family and output) in case order. A case that could not be run as written (a case error) counts for
+nothing: 0 of 0 points in Gradescope, skipped in JUnit.
 """
 
 from __future__ import annotations
@@ -22,20 +23,22 @@ def gradescope_results(results: Sequence[Any], seconds: float, visibility: str =
     """The autograder results format: a test per case with its points, and the explanation and drawing
     of a failure as its output (Gradescope shows it in a <pre> block, so the drawing keeps its shape)."""
     score = sum(result.score for result in results)
-    total = sum(result.weight for result in results)
+    total = sum(result.graded_weight for result in results)
     passed = sum(result.passed for result in results)
     tests: List[Dict[str, Any]] = []
     for result in results:
-        verdict = "passed" if result.passed else "failed"
-        tests.append({
+        verdict = {"PASS": "passed", "FAIL": "failed"}.get(result.status, "not graded: the case file has errors")
+        test = {
             "name": result.name,
             "score": result.score,
-            "max_score": result.weight,
-            "status": verdict,
+            "max_score": result.graded_weight,
             "output": f"{verdict} in {result.seconds:.1f} s\n" + ("" if result.passed else result.output),
             "tags": [result.family] if result.family else [],
             "visibility": visibility,
-        })
+        }
+        if result.status in ("PASS", "FAIL"):
+            test["status"] = verdict  # Gradescope knows only these two
+        tests.append(test)
     return {
         "score": score,
         "execution_time": round(seconds, 1),
@@ -58,11 +61,13 @@ def _xml_text(text: str) -> str:
 def junit_xml(results: Sequence[Any], seconds: float, suite_name: str = "CRC scenarios") -> str:
     """A <testsuites> document with one <testsuite> and a <testcase> per case; a failed case has a
     <failure> whose message is the first line of the explanation and whose text is all of it."""
-    failures = sum(not result.passed for result in results)
+    failures = sum(result.status == "FAIL" for result in results)
+    skipped = sum(result.status not in ("PASS", "FAIL") for result in results)
     suites = ElementTree.Element("testsuites", name=suite_name, tests=str(len(results)), failures=str(failures),
                                  errors="0", time=f"{seconds:.3f}")
     suite = ElementTree.SubElement(suites, "testsuite", {
-        "name": suite_name, "tests": str(len(results)), "failures": str(failures), "errors": "0", "skipped": "0",
+        "name": suite_name, "tests": str(len(results)), "failures": str(failures), "errors": "0",
+        "skipped": str(skipped),
         "time": f"{seconds:.3f}", "timestamp": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"),
         "hostname": socket.gethostname(),
     })
@@ -70,11 +75,13 @@ def junit_xml(results: Sequence[Any], seconds: float, suite_name: str = "CRC sce
         family = re.sub(r"\W+", "_", result.family).strip("_") if result.family else "cases"
         case = ElementTree.SubElement(suite, "testcase", name=result.name, classname=f"crc.{family}",
                                       time=f"{result.seconds:.3f}")
-        if not result.passed:
-            output = _xml_text(result.output)
+        output = _xml_text(result.output)
+        if result.status == "FAIL":
             failure = ElementTree.SubElement(case, "failure", message=output.splitlines()[0] if output else "failed",
                                              type="AssertionError")
             failure.text = output
+        elif result.status != "PASS":
+            ElementTree.SubElement(case, "skipped", message=output.splitlines()[0] if output else "case error")
     ElementTree.indent(suites)
     return ElementTree.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"
 

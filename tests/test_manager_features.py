@@ -172,14 +172,14 @@ def test_a_port_block_walks_on_and_skips_ports_in_use() -> None:
 def parallel_cases(folder: Path) -> None:
     """Four cases, two of them expecting what does not happen; WAITs in full (the server cannot say it
     is quiet), so that each case lasts long enough for the second worker to take the next one."""
-    for name, user in (("1_good", 11), ("2_bad", 99), ("3_good", 11), ("4_bad", 98)):
+    for name, hosts in (("1_good", [11]), ("2_bad", []), ("3_good", [11]), ("4_bad", [])):
         write_case(folder, name, [
             "LAUNCHSERVER --id 1 --servername oak --port 4100",
             "WAIT 0.2",
             "LAUNCHCLIENT --id 11 --serverhost localhost --serverport 4100 --username ada",
             "WAIT 1.5",
             "KILL ALL",
-        ], {"oak": {"adjacent_user_ids": [user]}}, weight=2)
+        ], {"oak": {"hosts_db": hosts}}, weight=2)
 
 
 def test_two_workers_run_cases_side_by_side_each_with_its_own_ports(tmp_path: Path) -> None:
@@ -194,7 +194,7 @@ def test_two_workers_run_cases_side_by_side_each_with_its_own_ports(tmp_path: Pa
     table = run.stdout[run.stdout.index("\nTest "):].splitlines()[2:6]
     assert [row.split()[0] for row in table] == ["1_good", "2_bad", "3_good", "4_bad"], "the table is in case order"
     assert run.stdout.splitlines()[-1] == "Score: 4/8; 2 of 4 tests passed", run.stdout
-    assert "oak.adjacent_user_ids: expected 1 item(s) [99]" in run.stdout, run.stdout
+    assert "oak.hosts_db: expected 0 item(s) []" in run.stdout, run.stdout
 
     workers: Dict[str, tuple] = {}  # pid -> its port block
     used: Dict[int, str] = {}  # port -> the case that used it
@@ -229,8 +229,8 @@ def test_keep_ports_runs_one_case_at_a_time(tmp_path: Path) -> None:
 # The drawing of a failed network
 
 def test_a_failure_draws_the_network_naming_missing_and_extra_items(tmp_path: Path) -> None:
-    wrong = dict(CHAT_STATE, oak={"hosts_db": [2, 11, 99], "adjacent_server_ids": [2], "adjacent_user_ids": [11]},
-                 bob={"connected_user_ids": [11, 13]})
+    wrong = dict(CHAT_STATE, oak={"hosts_db": [2, 11], "adjacent_server_ids": [2], "adjacent_user_ids": [11]},
+                 bob={"connected_user_ids": [11, 2]})
     case = write_case(tmp_path, "wrong", chat_case(0.3), wrong)
     result = manager.run_case(case, manager.Settings(logs_dir=tmp_path / "Logs"))
     assert not result.passed
@@ -239,7 +239,7 @@ oak (1)   <-- not as expected
 |   links    elm (2)
 |   clients  ada (11)
 |   hosts    elm (2), ada (11), bob (12)
-|            missing: 99; extra: bob (12)
+|            extra: bob (12)
 |-- client ada (11)
 |       knows    bob (12)
 `-- elm (2)
@@ -248,7 +248,7 @@ oak (1)   <-- not as expected
     |   hosts    oak (1), ada (11), bob (12)
     `-- client bob (12)   <-- not as expected
             knows    ada (11)
-                     missing: 13""", result.drawing
+                     missing: elm (2)""", result.drawing
     assert result.drawing in (tmp_path / "Logs" / "wrong.log").read_text(), "the log lacks the drawing"
     assert manager.run_case(write_case(tmp_path, "right", chat_case(0.3), CHAT_STATE),
                             manager.Settings(logs_dir=tmp_path / "Logs")).drawing == "", "a passing case has no drawing"
@@ -292,14 +292,14 @@ def test_the_drawing_shows_servers_that_are_not_linked_and_clients_without_a_ser
 # Results files
 
 def two_cases(folder: Path) -> None:
-    for name, user, weight in (("1_good", 11, 2), ("2_bad", 99, 3)):
+    for name, hosts, weight in (("1_good", [11], 2), ("2_bad", [], 3)):
         write_case(folder, name, [
             "LAUNCHSERVER --id 1 --servername oak --port 4100",
             "WAIT 0.3",
             "LAUNCHCLIENT --id 11 --serverhost localhost --serverport 4100 --username ada",
             "WAIT 0.3",
             "KILL ALL",
-        ], {"oak": {"adjacent_user_ids": [user]}}, weight=weight, family="clients")
+        ], {"oak": {"hosts_db": hosts}}, weight=weight, family="clients")
 
 
 def test_gradescope_results_carry_each_test_its_points_and_the_failure_explained(tmp_path: Path) -> None:
@@ -314,8 +314,8 @@ def test_gradescope_results_carry_each_test_its_points_and_the_failure_explained
     for test in data["tests"]:
         assert test["visibility"] == "visible" and test["tags"] == ["clients"], test
     bad = data["tests"][1]["output"]
-    assert "oak.adjacent_user_ids: expected 1 item(s) [99]" in bad, bad
-    assert "oak (1)   <-- not as expected" in bad and "missing: 99; extra: ada (11)" in bad, bad
+    assert "oak.hosts_db: expected 0 item(s) []" in bad, bad
+    assert "oak (1)   <-- not as expected" in bad and "extra: ada (11)" in bad, bad
     assert data["tests"][0]["output"].startswith("passed in "), data["tests"][0]
 
 
@@ -334,13 +334,14 @@ def test_junit_xml_parses_and_has_a_testcase_per_case_with_failures_explained(tm
     assert all(float(case.get("time")) >= 0 for case in cases)
     assert cases[0].find("failure") is None
     failure = cases[1].find("failure")
-    assert failure is not None and failure.get("message") == "oak.adjacent_user_ids: expected 1 item(s) [99]", \
+    assert failure is not None and failure.get("message") == "oak.hosts_db: expected 0 item(s) []", \
         failure is not None and failure.attrib
-    assert "missing: 99; extra: ada (11)" in failure.text, failure.text
+    assert "extra: ada (11)" in failure.text, failure.text
 
 
 def test_junit_xml_stays_well_formed_with_control_characters_in_an_explanation() -> None:
-    result = manager.CaseResult("odd", False, 0.1, ["kim.status_updates_log: found ['\x01\x1b[31m']"], 1, "status")
+    result = manager.CaseResult("odd", manager.FAILED, 0.1, ["kim.status_updates_log: found ['\x01\x1b[31m']"], 1,
+                                "status")
     root = ElementTree.fromstring(junit_xml([result], 0.1))
     assert "\ufffd" in root.find("testsuite/testcase/failure").text
 

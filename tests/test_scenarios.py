@@ -72,16 +72,16 @@ def test_the_suite_has_the_courses_families_and_weights() -> None:
 
 def test_a_wrong_final_state_fails_naming_what_was_expected_and_found(tmp_path: Path, settings: manager.Settings) -> None:
     case = write_case(tmp_path, "wrong", ONE_SERVER_ONE_CLIENT, {
-        "hub": {"hosts_db": [999], "adjacent_user_ids": [70]},
-        "kim": {"status_updates_log": ["Welcome to the Clemson Relay Chat network kim"]},
+        "hub": {"hosts_db": [70], "adjacent_user_ids": [70]},
+        "kim": {"status_updates_log": ["Welcome to the Clemson Relay Chat network kym"]},
     })
     result = manager.run_case(case, settings)
-    assert not result.passed, "a case expecting host 999 passed"
+    assert not result.passed, "a case expecting the wrong welcome passed"
     assert result.problems == [
-        "hub.hosts_db: expected 1 item(s) [999]\n"
-        "              found    1 item(s) [70]\n"
-        "              missing [999]\n"
-        "              extra   [70]"
+        "kim.status_updates_log: expected 1 item(s) ['Welcome to the Clemson Relay Chat network kym']\n"
+        "                        found    1 item(s) ['Welcome to the Clemson Relay Chat network kim']\n"
+        "                        missing ['Welcome to the Clemson Relay Chat network kym']\n"
+        "                        extra   ['Welcome to the Clemson Relay Chat network kim']"
     ], result.explanation
 
 
@@ -92,17 +92,22 @@ def test_lists_compare_as_sets_plus_lengths() -> None:
 
 
 @pytest.mark.parametrize("final_state, complaint", [
-    ({"hub": {"host_db": [70]}}, "unknown key 'host_db'"),
-    ({"hub": {"connected_user_ids": [70]}}, "unknown key 'connected_user_ids' for a server"),
-    ({"hub": {"recvd_messages_asdqw": []}}, "unknown key 'recvd_messages_asdqw' for a server in a CRC_functionality case"),
-    ({"nobody": {"hosts_db": []}}, "names 'nobody', but the commands launch no such machine"),
-    ({"hub": {"hosts_db": 70}}, "must be a list"),
+    ({"hub": {"host_db": []}}, "final_state['hub']['host_db']: unknown key for a server"),
+    ({"hub": {"connected_user_ids": [70]}}, "final_state['hub']['connected_user_ids']: unknown key for a server"),
+    ({"hub": {"recvd_messages_asdqw": []}}, "unknown key for a server in a CRC_functionality case"),
+    ({"nobody": {"hosts_db": []}}, "final_state['nobody']: no command launches a machine named 'nobody'"),
+    ({"hub": {"hosts_db": 70}}, "final_state['hub']['hosts_db']: must be a list"),
 ])
-def test_a_final_state_the_checker_does_not_know_is_an_error(tmp_path: Path, settings: manager.Settings,
-                                                               final_state: dict, complaint: str) -> None:
-    result = manager.run_case(write_case(tmp_path, "bad", ONE_SERVER_ONE_CLIENT, final_state), settings)
-    assert not result.passed and complaint in result.explanation, \
-        f"expected an error containing {complaint!r}, got: {result.explanation}"
+def test_a_final_state_the_checker_does_not_know_is_a_case_error_and_the_rest_is_graded(
+        tmp_path: Path, settings: manager.Settings, final_state: dict, complaint: str) -> None:
+    wrong_welcome = {"status_updates_log": ["Welcome to the Clemson Relay Chat network kym"]}
+    result = manager.run_case(write_case(tmp_path, "bad", ONE_SERVER_ONE_CLIENT, dict(final_state, kim=wrong_welcome)),
+                              settings)
+    assert any(complaint in error for error in result.case_errors), \
+        f"expected a case error containing {complaint!r}, got: {result.case_errors}"
+    assert result.problems and result.problems[0].startswith("kim.status_updates_log"), \
+        f"the rest of the case must still be graded: {result.explanation}"
+    assert result.status == manager.FAILED and len(result.problems) == 1, result.explanation
 
 
 HANGING_SERVER = '''
@@ -148,14 +153,14 @@ def test_the_command_line_prints_each_test_and_a_table_and_exits_nonzero_on_fail
     cases = tmp_path / "cases"
     cases.mkdir()
     write_case(cases, "1_good", ONE_SERVER_ONE_CLIENT, {"hub": {"adjacent_user_ids": [70]}}, weight=2)
-    write_case(cases, "2_bad", ONE_SERVER_ONE_CLIENT, {"hub": {"adjacent_user_ids": [71]}}, weight=3)
+    write_case(cases, "2_bad", ONE_SERVER_ONE_CLIENT, {"hub": {"hosts_db": []}}, weight=3)
     run = run_command_line("--cases", str(cases), "--logs", str(tmp_path / "Logs"))
     assert run.returncode == 1, f"expected exit status 1 after a failure, got {run.returncode}:\n{run.stdout}{run.stderr}"
     lines = run.stdout.splitlines()
     # A line per test as it finishes: in parallel workers (the default), either may finish first.
     finished = sorted(line.split("  ")[:2] for line in lines if line.startswith(("PASS  ", "FAIL  ")))
     assert finished == [["FAIL", "2_bad"], ["PASS", "1_good"]], run.stdout
-    assert "hub.adjacent_user_ids: expected 1 item(s) [71]" in run.stdout, run.stdout
+    assert "hub.hosts_db: expected 0 item(s) []" in run.stdout, run.stdout
     assert lines[-1] == "Score: 2/5; 1 of 2 tests passed", run.stdout
     assert "result   FAIL" in (tmp_path / "Logs" / "2_bad.log").read_text()
     assert (tmp_path / "Logs" / "2_bad" / "hub.log").exists(), "the server's own log is not in the case's folder"

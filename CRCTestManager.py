@@ -1,0 +1,72 @@
+#!/usr/bin/env python3
+"""The test manager under the name the assignment text gives it, and the Python interface the course's
+autograder scripts call, on our manager underneath (quiet waits, the lint, the logs and the reports).
+
+    python3 CRCTestManager.py [the options of ChatTestManager.py]      runs the suite as it does
+
+    from CRCTestManager import CRCTestManager
+    manager = CRCTestManager(CRCServerImpl=None, CRCMessageParserImpl=None, catch_exceptions=True)
+    score, results = manager.run_tests({"1_1_connectivity_2_servers": 7, "4_2_chat_1_hop": 3})
+
+`run_tests` runs each case `TestCases/NAME.cfg` beside this file, one after another in this process,
+writes `Logs/NAME.log` for each, and returns the sum of the points of the cases that passed and a dict
+per case: `test` (its name), `passed`, `errors` (the explanation, or None) and `exception` (with
+catch_exceptions, the first exception a server or client raised, or None). Without catch_exceptions such
+an exception propagates out of run_tests, as in the course's manager. A key the lint proves wrong is
+not graded (the explanation names it); a case that cannot run at all fails with the reason.
+
+CRCServerImpl replaces the CRCServer imported from ChatServer.py beside this file; CRCMessageParserImpl
+(a module, or any object with the contract's names) is what that ChatServer.py imports as its
+ChatMessageParser, for a server whose parser lives elsewhere.
+"""
+
+from __future__ import annotations
+
+import sys
+from types import ModuleType
+from typing import Any, Dict, List, Optional, Tuple
+
+import ChatTestManager
+from ChatTestManager import CASE_ERROR, KIT_DIR, Settings, load_server_module, run_case
+
+
+class CRCTestManager:
+    def __init__(self, CRCServerImpl: Optional[type] = None, CRCMessageParserImpl: Any = None,
+                 catch_exceptions: bool = False) -> None:
+        self.server_class = CRCServerImpl or self.server_importing(CRCMessageParserImpl)
+        self.catch_exceptions = catch_exceptions
+        self.cases_dir = KIT_DIR / "TestCases"
+        self.logs_dir = KIT_DIR / "Logs"
+
+    @staticmethod
+    def server_importing(parser: Any) -> type:
+        """The kit's CRCServer, imported with `parser` as its ChatMessageParser (ours when None)."""
+        if parser is None:
+            return load_server_module(ChatTestManager.DEFAULT_SERVER).CRCServer  # type: ignore[no-any-return]
+        if not isinstance(parser, ModuleType):
+            module = ModuleType("ChatMessageParser")
+            module.__dict__.update({name: getattr(parser, name) for name in dir(parser) if not name.startswith("__")})
+            parser = module
+        return load_server_module(ChatTestManager.DEFAULT_SERVER, parser).CRCServer  # type: ignore[no-any-return]
+
+    def run_tests(self, tests: Dict[str, float]) -> Tuple[float, List[Dict[str, Any]]]:
+        settings = Settings(logs_dir=self.logs_dir, server_class=self.server_class)
+        score = 0.0
+        results: List[Dict[str, Any]] = []
+        for name, points in tests.items():
+            result = run_case(self.cases_dir / f"{name}.cfg", settings)
+            print(f"{result.status}  {name}  ({result.seconds:.1f} s)", flush=True)
+            if result.exception is not None and not self.catch_exceptions:
+                raise result.exception
+            if result.passed:
+                score += points
+            errors = None if result.passed else result.output
+            if result.status == CASE_ERROR:
+                errors = f"the case file cannot be run as written:\n{result.output}"
+            results.append({"test": name, "passed": result.passed, "errors": errors,
+                            "exception": result.exception if self.catch_exceptions else None})
+        return score, results
+
+
+if __name__ == "__main__":
+    sys.exit(ChatTestManager.main())

@@ -1,0 +1,56 @@
+"""The final-state keys a case may check: one table that the checker, the lint, the drawings and the
+demo all read. Adding a key means adding a line here (and, for a key of a tester's own, the attribute
+that tester keeps).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, List, Optional
+
+CONNECTIVITY = "network_connectivity"
+FUNCTIONALITY = "CRC_functionality"
+CASE_TYPES = (CONNECTIVITY, FUNCTIONALITY)
+
+
+@dataclass(frozen=True)
+class Key:
+    name: str  # the attribute read, and the key in a case's final_state
+    kind: str  # "server" or "client"
+    label: str  # its row in a drawing of the network
+    course_checks: bool  # the course's checker compares it (--as-course compares only these)
+    holds_ids: bool  # a list of machine ids (the lint checks each one was launched)
+    case_type: Optional[str] = None  # only in cases of this type; None: in every case
+    drawn: bool = False  # shown in a drawing of the network
+
+    def observe(self, machine: Any) -> List[Any]:
+        """A machine's value as a list: the ids of a dict, the items of a list."""
+        value = getattr(machine, self.name)
+        return list(value.keys()) if isinstance(value, dict) else list(value)
+
+
+KEYS = [
+    Key("adjacent_server_ids", "server", "links", course_checks=False, holds_ids=True, drawn=True),
+    Key("adjacent_user_ids", "server", "clients", course_checks=False, holds_ids=True, drawn=True),
+    Key("hosts_db", "server", "hosts", course_checks=True, holds_ids=True, drawn=True),
+    Key("status_updates_log", "server", "statuses", course_checks=True, holds_ids=False),
+    # The connectivity recorder's chunks, in hex: those received, as the course keeps them; the course
+    # never fills sent_messages_asdqw (its files expect []), so the chunks sent are ours, sent_chunks.
+    Key("recvd_messages_asdqw", "server", "received", course_checks=True, holds_ids=False,
+        case_type=CONNECTIVITY, drawn=True),
+    Key("sent_messages_asdqw", "server", "sent (asdqw)", course_checks=True, holds_ids=False,
+        case_type=CONNECTIVITY),
+    Key("sent_chunks", "server", "sent", course_checks=False, holds_ids=False, case_type=CONNECTIVITY, drawn=True),
+    Key("connected_user_ids", "client", "knows", course_checks=True, holds_ids=True, drawn=True),
+    Key("status_updates_log", "client", "statuses", course_checks=True, holds_ids=False),
+    Key("chat_messages_log", "client", "chats", course_checks=True, holds_ids=False),
+]
+
+
+def keys_for(kind: str, case_type: str) -> List[Key]:
+    """The keys a final state may name for a 'server' or 'client' in a case of this type."""
+    return [key for key in KEYS if key.kind == kind and key.case_type in (None, case_type)]
+
+
+def find(kind: str, case_type: str, name: str) -> Optional[Key]:
+    return next((key for key in keys_for(kind, case_type) if key.name == name), None)
