@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
-from Testers.keys import KEYS
+from Testers.keys import KEYS, LINKS
 
 # What each row shows, in order: (label, state key), from the keys' table. A machine shows the rows
 # its `seen` holds.
@@ -83,10 +83,10 @@ class Drawing:
     def links(self, server: MachineView) -> List[str]:
         """Servers this one is linked to: as either side saw it, or as launched when no server can say."""
         servers = [machine for machine in self.machines if machine.kind == "server"]
-        if any("adjacent_server_ids" in machine.seen for machine in servers):
+        if any(LINKS in machine.seen for machine in servers):
             def listed(a: MachineView, b: MachineView) -> bool:
                 # An id two machines share stands for the first one launched with it.
-                value = a.seen.get("adjacent_server_ids")
+                value = a.seen.get(LINKS)
                 return isinstance(value, list) and b.id in value and self.names.get(b.id) == b.name
             return [other.name for other in servers
                     if other is not server and (listed(server, other) or listed(other, server))]

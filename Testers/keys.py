@@ -8,6 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, List, Optional
 
+# The keys that other code reasons about by name (the lint, the drawing's tree), named once here.
+LINKS, USERS, HOSTS, SENT_ASDQW = "adjacent_server_ids", "adjacent_user_ids", "hosts_db", "sent_messages_asdqw"
+
 CONNECTIVITY = "network_connectivity"
 FUNCTIONALITY = "CRC_functionality"
 CASE_TYPES = (CONNECTIVITY, FUNCTIONALITY)
@@ -30,15 +33,15 @@ class Key:
 
 
 KEYS = [
-    Key("adjacent_server_ids", "server", "links", course_checks=False, holds_ids=True, drawn=True),
-    Key("adjacent_user_ids", "server", "clients", course_checks=False, holds_ids=True, drawn=True),
-    Key("hosts_db", "server", "hosts", course_checks=True, holds_ids=True, drawn=True),
+    Key(LINKS, "server", "links", course_checks=False, holds_ids=True, drawn=True),
+    Key(USERS, "server", "clients", course_checks=False, holds_ids=True, drawn=True),
+    Key(HOSTS, "server", "hosts", course_checks=True, holds_ids=True, drawn=True),
     Key("status_updates_log", "server", "statuses", course_checks=True, holds_ids=False),
     # The connectivity recorder's chunks, in hex: those received, as the course keeps them; the course
     # never fills sent_messages_asdqw (its files expect []), so the chunks sent are ours, sent_chunks.
     Key("recvd_messages_asdqw", "server", "received", course_checks=True, holds_ids=False,
         case_type=CONNECTIVITY, drawn=True),
-    Key("sent_messages_asdqw", "server", "sent (asdqw)", course_checks=True, holds_ids=False,
+    Key(SENT_ASDQW, "server", "sent (asdqw)", course_checks=True, holds_ids=False,
         case_type=CONNECTIVITY),
     Key("sent_chunks", "server", "sent", course_checks=False, holds_ids=False, case_type=CONNECTIVITY, drawn=True),
     Key("connected_user_ids", "client", "knows", course_checks=True, holds_ids=True, drawn=True),

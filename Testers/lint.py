@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Optional, Set
 
 from Testers.cases import Case
 from Testers.commands import ClientCommand, Kill, LaunchClient, LaunchServer
-from Testers.keys import find, keys_for
+from Testers.keys import HOSTS, LINKS, SENT_ASDQW, USERS, find, keys_for
 
 
 @dataclass
@@ -151,7 +151,7 @@ def key_problem(case: Case, replay: Replay, machine: Machine, key_name: str, val
         return f"unknown key for a {machine.kind} in a {case.type} case; known keys are {known}"
     if not isinstance(value, list) or not all(isinstance(item, (int, str)) for item in value):
         return f"must be a list of ids or texts, not {value!r}"
-    if key_name == "sent_messages_asdqw" and value:
+    if key_name == SENT_ASDQW and value:
         return ("the file expects chunks here, but nothing fills this key (the course's recorder records"
                 " none; our recorder keeps the chunks sent in sent_chunks)")
     if not key.holds_ids:
@@ -159,19 +159,19 @@ def key_problem(case: Case, replay: Replay, machine: Machine, key_name: str, val
     unknown = sorted(set(value) - launched_ids, key=repr)
     if unknown:
         return f"the file expects ids {unknown}, which no command launches"
-    if key_name == "hosts_db" and machine.id in value:
+    if key_name == HOSTS and machine.id in value:
         return f"the file expects {machine.name}'s own id {machine.id}, but hosts_db holds only other machines"
     reachable = {other.id for other in replay.network(machine.name)}
     unreachable = sorted(set(value) - reachable, key=repr)
     if unreachable:
         return f"the file expects ids {unreachable}, which its commands never connect to {machine.name}'s network"
-    if key_name in ("adjacent_server_ids", "adjacent_user_ids"):
+    if key_name in (LINKS, USERS):
         return adjacency_problem(replay, machine, key_name, value)
     return None
 
 
 def adjacency_problem(replay: Replay, server: Machine, key_name: str, value: List[Any]) -> Optional[str]:
-    linked = server.neighbours if key_name == "adjacent_server_ids" else server.clients
+    linked = server.neighbours if key_name == LINKS else server.clients
     if server.killed or any(replay.machines[name].killed for name in linked):
         return None  # a KILL leaves what the end holds up to the hold-down: not provable from the commands
     implied = replay.ids({name for name in linked if not replay.machines[name].quit})

@@ -7,8 +7,8 @@ from __future__ import annotations
 import ast
 import inspect
 from pathlib import Path
-from unittest import mock
 from typing import Any, List
+from unittest import mock
 
 import pytest
 from netkit import RawPeer, RunningServer, server_options, wait_for
