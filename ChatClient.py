@@ -9,20 +9,24 @@ messages and keeps `connected_user_ids`, `status_updates_log` and `chat_messages
 
 from __future__ import annotations
 
+import _thread
 import argparse
 import logging
-import os
-import queue
 import random
 import select
 import selectors
+import signal
 import socket
 import sys
 import threading
-from typing import Any, Callable, Dict, List, Optional, Tuple
+import time
+from types import ModuleType
+from typing import Any, Callable, Dict, List, NoReturn, Optional
 
-from ChatMessageParser import MAX_INT as MAX_ID
 from ChatMessageParser import (
+    CLIENT_CHAT,
+    DEFAULT_MAX_FRAME_SIZE,
+    HEADER_SIZES,
     ClientChatMessage,
     ClientQuitMessage,
     ClientRegistrationMessage,
@@ -31,14 +35,41 @@ from ChatMessageParser import (
     StatusUpdateMessage,
     StreamDecoder,
 )
+from ChatMessageParser import MAX_INT as MAX_ID
 
 POLL_SECONDS = 0.1  # how soon the listener notices request_terminate
-RECV_SIZE = 4096
+RECV_SIZE = 64 * 1024
 CONNECT_TIMEOUT_SECONDS = 10.0
+# The most chat content one frame carries within a server's default frame limit. A longer text goes as
+# several chats, each as full as UTF-8 allows; a chat within 3 bytes of this (less than one character
+# short) says that the next chat from its sender continues it.
+MAX_CHAT_CONTENT = DEFAULT_MAX_FRAME_SIZE - HEADER_SIZES[CLIENT_CHAT]
+MAX_NAME_BYTES, MAX_INFO_BYTES = 0xFF, 0xFFFF  # a registration's length fields
+
+
+def split_for_frames(text: str, limit: int = MAX_CHAT_CONTENT) -> List[str]:
+    """The text in parts of at most `limit` bytes of UTF-8 each, cut only between characters."""
+    encoded = text.encode("utf-8")
+    parts: List[str] = []
+    start = 0
+    while len(encoded) - start > limit:
+        end = start + limit
+        while encoded[end] & 0xC0 == 0x80:  # a continuation byte: the character started before it
+            end -= 1
+        parts.append(encoded[start:end].decode("utf-8"))
+        start = end
+    parts.append(encoded[start:].decode("utf-8"))
+    return parts
+
+
+def continues(part: str) -> bool:
+    """Whether a chat is a part that the sender's next chat continues (see MAX_CHAT_CONTENT)."""
+    return len(part.encode("utf-8")) > MAX_CHAT_CONTENT - 4
 
 # Called from the listener thread after the client's state has taken a message in. The second
 # argument is the name the sender had before the message (so a quit still has a name), or None.
 EventHook = Callable[[Message, Optional[str]], None]
+readline: Optional[ModuleType] = None  # imported by main() for a terminal: line editing and history
 
 class CRCClient:
     def __init__(self, options: Any, run_on_localhost: bool = False) -> None:
@@ -63,6 +94,7 @@ class CRCClient:
         self.connected = False
         self.disconnect_reason: Optional[str] = None  # why the listener stopped
         self.on_event: Optional[EventHook] = None
+        self.on_disconnect: Optional[Callable[[], None]] = None  # called when the server ends the connection
         self.busy_turns = 0  # counts chunks handled; odd while the listener is handling one (see is_quiet)
         self._decoder = StreamDecoder()
 
@@ -104,9 +136,15 @@ class CRCClient:
         self._listener.start()
 
     def message_other_client(self, destination_id: int, text: str) -> bool:
-        """Send a chat; False (and a log line) if the connection is gone."""
-        frame = ClientChatMessage.bytes(self.id, destination_id, text)
-        return self._send(frame, f"chat to {destination_id}")
+        """Send a chat; False (and a log line) if the connection is gone. A text longer than one frame
+        holds goes as several chats in a row (see split_for_frames)."""
+        return self.send_chat(destination_id, text) > 0
+
+    def send_chat(self, destination_id: int, text: str) -> int:
+        """Send a chat in as many parts as it takes; how many parts were sent (0: not connected)."""
+        frames = [ClientChatMessage.bytes(self.id, destination_id, part) for part in split_for_frames(text)]
+        what = f"chat to {destination_id}" + (f" in {len(frames)} parts" if len(frames) > 1 else "")
+        return len(frames) if self._send(b"".join(frames), what) else 0
 
     def quit(self, text: str = "") -> bool:
         """Tell the network we are leaving. The connection stays open until `stop()`."""
@@ -177,6 +215,8 @@ class CRCClient:
             self.logger.info("listener stopped: %s", reason)
             for handler in self.logger.handlers:
                 handler.close()  # frees the log file; logging reopens it should anything log later
+            if not self.request_terminate and self.on_disconnect is not None:
+                self.on_disconnect()
 
     def _receive(self) -> Optional[str]:
         """Read and handle one chunk; returns why the connection is over, or None while it goes on."""
@@ -224,102 +264,190 @@ class CRCClient:
 
 HELP = """Commands:
   /msg NAME-or-ID text   send a message (later plain lines go to the same person)
-  /who                   list who is online
+  /reply text, /r text   answer whoever last wrote to you
+  /who                   list who is online, you too
   /quit [text]           leave the chat
   /help                  show this help
-  any other line         send it to the last person you messaged"""
+  any other line         send it to the last person you messaged
+Keys: arrows and the usual editing keys edit the line; up and down recall earlier lines."""
+NO_WELCOME_SECONDS = 5.0  # after connecting, say so if the server has not welcomed us by then
+SETTLE_SECONDS = 0.5  # at the end of piped input: leave once nothing has arrived for this long ...
+SETTLE_LIMIT_SECONDS = 5.0  # ... or after this long at most
+# C0 and C1 control characters and DEL: from another user, never for the terminal to interpret.
+_CONTROLS = {code: f"\\x{code:02x}" for code in list(range(0x20)) + list(range(0x7F, 0xA0))}
+_CONTROLS.update({ord("\t"): "\\t", ord("\n"): "\\n", ord("\r"): "\\r"})
+
+
+def printable(text: str) -> str:
+    """Text from the network with every control character shown escaped (\\x1b, \\n), never interpreted:
+    another user's escape sequence must not clear your screen or move your cursor."""
+    return text.translate(_CONTROLS)
 
 
 def describe_event(message: Message, known_name: Optional[str]) -> Optional[str]:
     """One line for a person: what a client saw happen (None for what a person need not see)."""
-    sender = known_name or f"id {message.source_id}"
+    sender = printable(known_name) if known_name else f"id {message.source_id}"
     if isinstance(message, ClientRegistrationMessage):
-        return f"* {message.client_name} is online (id {message.source_id})"
+        return f"* {printable(message.client_name)} is online (id {message.source_id})"
     if isinstance(message, ClientQuitMessage):
-        return f"* {sender} left" + (f": {message.content}" if message.content else "")
+        return f"* {sender} left" + (f": {printable(message.content)}" if message.content else "")
     if isinstance(message, ClientChatMessage):
-        return f"{sender}: {message.content}"
+        return f"{sender}: {printable(message.content)}"
     if isinstance(message, StatusUpdateMessage):
-        return f"[server] {message.content}"
+        return f"[server] {printable(message.content)}"
     return None
 
 
+class Screen:
+    """The terminal's output. In a terminal, the line being typed stays at the bottom: a line printed
+    while the user types goes above it, and the prompt with what was typed so far is drawn again
+    under it. Lines come from two threads (the user's and the client's listener), one at a time."""
+
+    def __init__(self, interactive: bool) -> None:
+        self.interactive = interactive
+        self.prompt = "> " if interactive else ""
+        self.typing = False  # the prompt is on the screen and input() waits for the user's line
+        self.lock = threading.Lock()
+        # With readline, the lock is held from before input() draws the prompt until readline calls
+        # this hook, so that no line is printed into the middle of the prompt.
+        self.hooked = interactive and readline is not None and hasattr(readline, "set_pre_input_hook")
+        if self.hooked:
+            readline.set_pre_input_hook(self.prompt_drawn)  # type: ignore[union-attr]
+
+    def say(self, text: str) -> None:
+        with self.lock:
+            if self.typing:
+                typed = readline.get_line_buffer() if readline else ""
+                # To the start of the line, clear it, the text, then the prompt and what was typed again.
+                sys.stdout.write(f"\r\x1b[K{text}\n{self.prompt}{typed}")
+            else:
+                sys.stdout.write(text + "\n")
+            sys.stdout.flush()  # through a pipe, output must not wait in a buffer
+
+    def prompt_drawn(self) -> None:
+        self.typing = True
+        self.lock.release()
+
+    def read_line(self) -> str:
+        """The user's next line; EOFError at the end of input."""
+        if self.hooked:
+            self.lock.acquire()  # released by prompt_drawn()
+        else:
+            with self.lock:
+                self.typing = self.interactive
+        try:
+            return input(self.prompt)
+        finally:
+            if self.hooked and not self.typing:
+                self.lock.release()  # input() ended before readline drew the prompt
+            else:
+                with self.lock:
+                    self.typing = False
+
+
+class ServerGone(Exception):
+    """Raised in the main thread, waiting for the user's line, when the connection has ended."""
+
+
 class TerminalChat:
-    """Reads lines from stdin and prints the network's events as they arrive.
+    """Reads the user's lines in the main thread (with line editing and history where the standard
+    library has readline) and prints the network's events from the client's listener thread as they
+    arrive, above the line being typed."""
 
-    One queue feeds the main thread: lines from a stdin reader thread and events from the client's
-    listener, so all printing happens in one thread and in arrival order.
-    """
-
-    def __init__(self, client: CRCClient, input_fd: int = 0) -> None:
+    def __init__(self, client: CRCClient, interactive: bool) -> None:
         self.client = client
-        self.input_fd = input_fd
-        self.inbox: "queue.Queue[Tuple[Any, ...]]" = queue.Queue()
-        self.last_peer: Optional[int] = None
-        client.on_event = lambda message, name: self.inbox.put(("event", message, name))
+        self.screen = Screen(interactive)
+        self.last_peer: Optional[int] = None  # whom a plain line goes to
+        self.last_writer: Optional[int] = None  # whom /reply answers
+        self.unfinished: Dict[int, List[str]] = {}  # sender -> the parts of a long chat so far
+        self.last_event = time.monotonic()
+        self.main_thread = threading.main_thread()
+        client.on_event = self.on_event
+
+    # --------------------------------------------------------------------- the network's side
+
+    def on_event(self, message: Message, known_name: Optional[str]) -> None:
+        """In the listener thread: show what happened, a long chat once all its parts are in."""
+        self.last_event = time.monotonic()
+        if isinstance(message, ClientChatMessage):
+            self.last_writer = message.source_id
+            parts = self.unfinished.setdefault(message.source_id, [])
+            parts.append(message.content)
+            if continues(message.content):
+                return  # the rest is on its way
+            del self.unfinished[message.source_id]
+            sender = printable(known_name) if known_name else f"id {message.source_id}"
+            whole = "".join(parts)
+            self.screen.say(f"{sender}: {printable(whole)}" + (f"   ({len(parts)} parts)" if len(parts) > 1 else ""))
+            return
+        text = describe_event(message, known_name)
+        if text is not None:
+            self.screen.say(text)
+
+    def on_disconnect(self) -> None:
+        """In the listener thread, once the connection has ended: tell the user, and wake the main thread."""
+        self.screen.say(f"Disconnected: {self.client.disconnect_reason}.")
+        if hasattr(signal, "pthread_kill") and hasattr(signal, "SIGUSR1"):
+            signal.pthread_kill(self.main_thread.ident or 0, signal.SIGUSR1)
+        else:  # no POSIX signals here: a KeyboardInterrupt is how the main thread can be woken
+            _thread.interrupt_main()
+
+    def warn_if_not_welcomed(self) -> None:
+        if self.client.connected and not self.client.status_updates_log:
+            self.screen.say(f"No welcome from {self.client.server_host}:{self.client.server_port} after"
+                            f" {NO_WELCOME_SECONDS:g} s: is it a CRC server? Still waiting.")
+
+    # ------------------------------------------------------------------------ the user's side
 
     def run(self) -> int:
         """Returns the exit status: 0 after /quit or end of input, 1 if the server went away, 130 on Ctrl-C."""
-        threading.Thread(target=self._read_input, name="stdin-reader", daemon=True).start()
-        self.say(f"Connected to {self.client.server_host}:{self.client.server_port} as "
-                 f"{self.client.client_name} (id {self.client.id}). Type /help for commands.")
+        def server_gone(signal_number: int, frame: object) -> None:
+            raise ServerGone()
+
+        if hasattr(signal, "SIGUSR1"):
+            signal.signal(signal.SIGUSR1, server_gone)
+        self.client.on_disconnect = self.on_disconnect
+        welcome_check = threading.Timer(NO_WELCOME_SECONDS, self.warn_if_not_welcomed)
+        welcome_check.daemon = True
+        welcome_check.start()
+        self.screen.say(f"Connected to {self.client.server_host}:{self.client.server_port} as"
+                        f" {printable(self.client.client_name)} (id {self.client.id}). Type /help for commands.")
         try:
-            while True:
-                try:
-                    item = self.inbox.get(timeout=POLL_SECONDS)
-                except queue.Empty:
-                    # The listener queues every event before it marks the client disconnected, so an
-                    # empty inbox here means every event has been shown.
-                    if not self.client.connected:
-                        self.say(f"Disconnected: {self.client.disconnect_reason}.")
-                        return 1
-                    continue
-                if item[0] == "event":
-                    self.show_event(item[1], item[2])
-                elif item[0] == "eof":
-                    return self.leave("")
-                else:
-                    status = self.handle_line(item[1])
-                    if status is not None:
-                        return status
+            while self.client.connected:
+                status = self.handle_line(self.screen.read_line())
+                if status is not None:
+                    return status
+            return 1
+        except EOFError:
+            self.settle()
+            return self.leave("")
+        except ServerGone:
+            return 1
         except KeyboardInterrupt:
+            if not self.client.connected:  # woken where there are no POSIX signals: the server went away
+                return 1
+            self.screen.say("")
             self.leave("")
             return 130
+        finally:
+            welcome_check.cancel()
 
-    def _read_input(self) -> None:
-        # os.read on the raw descriptor rather than sys.stdin: a daemon thread blocked inside the
-        # buffered reader could hold its lock while the interpreter shuts down.
-        pending = b""
-        while True:
-            data = os.read(self.input_fd, 4096)
-            if not data:
-                break
-            pending += data
-            *lines, pending = pending.split(b"\n")
-            for line in lines:
-                self.inbox.put(("line", line.decode("utf-8", "replace").rstrip("\r")))
-        if pending:
-            self.inbox.put(("line", pending.decode("utf-8", "replace").rstrip("\r")))
-        self.inbox.put(("eof",))
-
-    def say(self, text: str) -> None:
-        print(text, flush=True)  # flush: through a pipe, output must not wait in a buffer
-
-    def name_of(self, user_id: int) -> str:
-        return self.client.connected_user_ids.get(user_id, f"id {user_id}")
-
-    def show_event(self, message: Message, known_name: Optional[str]) -> None:
-        text = describe_event(message, known_name)
-        if text is not None:
-            self.say(text)
+    def settle(self) -> None:
+        """At the end of piped input: let the answers to what was sent arrive and be shown first."""
+        deadline = time.monotonic() + SETTLE_LIMIT_SECONDS
+        while self.client.connected and time.monotonic() < deadline:
+            if time.monotonic() - self.last_event >= SETTLE_SECONDS and self.client.is_quiet():
+                return
+            time.sleep(0.05)
 
     def handle_line(self, line: str) -> Optional[int]:
         """Carry out one input line; returns an exit status when the program should end."""
+        line = line.rstrip("\r\n")
         if not line.strip():
             return None
         if not line.startswith("/"):
             if self.last_peer is None:
-                self.say("No one to send to yet: start with /msg NAME text (see /who).")
+                self.screen.say("No one to send to yet: start with /msg NAME text (see /who).")
             else:
                 self.send(self.last_peer, line)
             return None
@@ -327,25 +455,40 @@ class TerminalChat:
         if command == "/msg":
             target, _, text = rest.strip().partition(" ")
             if not target or not text.strip():
-                self.say("Usage: /msg NAME-or-ID text")
+                self.screen.say("Usage: /msg NAME-or-ID text")
                 return None
             destination = self.resolve(target)
             if destination is not None:
                 self.last_peer = destination
                 self.send(destination, text.strip())
+        elif command in ("/reply", "/r"):
+            if self.last_writer is None:
+                self.screen.say("No one has written to you yet.")
+            elif not rest.strip():
+                self.screen.say(f"Usage: {command} text")
+            else:
+                self.last_peer = self.last_writer
+                self.send(self.last_writer, rest.strip())
         elif command == "/who":
             self.show_who()
         elif command == "/quit":
             return self.leave(rest.strip())
         elif command == "/help":
-            self.say(HELP)
+            self.screen.say(HELP)
         else:
-            self.say(f"Unknown command {command}; type /help for the list.")
+            self.screen.say(f"Unknown command {command}; type /help for the list.")
         return None
+
+    def online(self) -> Dict[int, str]:
+        """Everyone online as this client knows it, itself included."""
+        return {**self.client.connected_user_ids, self.client.id: self.client.client_name}
+
+    def name_of(self, user_id: int) -> str:
+        return printable(self.online().get(user_id, f"id {user_id}"))
 
     def resolve(self, target: str) -> Optional[int]:
         """A name or id to an id, or None after saying why not."""
-        online = dict(self.client.connected_user_ids)  # a copy: the listener may change it meanwhile
+        online = self.online()
         is_number = target.isascii() and target.isdigit()
         if is_number and int(target) in online:
             return int(target)
@@ -354,50 +497,79 @@ class TerminalChat:
             return matches[0]
         if matches:
             ids = ", ".join(str(user_id) for user_id in matches)
-            self.say(f"More than one {target} is online (ids {ids}); use /msg ID text.")
+            self.screen.say(f"More than one {printable(target)} is online (ids {ids}); use /msg ID text.")
             return None
         if is_number:
             return int(target)  # not known here (yet); the server answers if it knows no such id
-        self.say(f"No one called {target} is online; /who lists who is.")
+        self.screen.say(f"No one called {printable(target)} is online; /who lists who is.")
         return None
 
     def send(self, destination: int, text: str) -> None:
         try:
-            sent = self.client.message_other_client(destination, text)
-        except ValueError as error:  # an id out of range or a text too long for its field
-            self.say(f"Not sent: {error}")
+            parts = self.client.send_chat(destination, text)
+        except ValueError as error:  # an id out of range
+            self.screen.say(f"Not sent: {error}")
             return
-        self.say(f"-> {self.name_of(destination)}: {text}" if sent else "Not sent: not connected.")
+        if not parts:
+            self.screen.say("Not sent: not connected.")
+            return
+        note = f"   (sent in {parts} parts)" if parts > 1 else ""
+        self.screen.say(f"-> {self.name_of(destination)}: {text}{note}")
 
     def show_who(self) -> None:
-        online = sorted(self.client.connected_user_ids.items(), key=lambda item: (item[1], item[0]))
-        if not online:
-            self.say("No one else is online.")
-            return
-        self.say(f"Online ({len(online)}):")
+        online = sorted(self.online().items(), key=lambda item: (item[1], item[0]))
+        self.screen.say(f"Online ({len(online)}, you included):")
         for user_id, name in online:
-            self.say(f"  {name} (id {user_id})")
+            self.screen.say(f"  {printable(name)} (id {user_id})" + ("   <- you" if user_id == self.client.id else ""))
 
     def leave(self, text: str) -> int:
         self.client.quit(text)
         self.client.stop()
-        self.say("Bye.")
+        self.screen.say("Bye.")
         return 0
 
 
-def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    def client_id(text: str) -> int:
-        value = int(text)
-        if not 1 <= value <= MAX_ID:
-            raise argparse.ArgumentTypeError(f"an id is from 1 to {MAX_ID}, not {value}")
-        return value
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are one line: what is wrong with which option, and where help is."""
 
-    parser = argparse.ArgumentParser(description="Chat on a Clemson Relay Chat network.")
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see --help)\n")
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    def within(low: int, high: int) -> Callable[[str], int]:
+        def number(text: str) -> int:
+            try:
+                value = int(text)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"must be a whole number from {low} to {high}, not {text!r}") from None
+            if not low <= value <= high:
+                raise argparse.ArgumentTypeError(f"must be from {low} to {high}, not {value}")
+            return value
+        return number
+
+    def text_of_at_most(limit: int, what: str, may_be_empty: bool = True) -> Callable[[str], str]:
+        def check(text: str) -> str:
+            if not text and not may_be_empty:
+                raise argparse.ArgumentTypeError(f"{what} may not be empty")
+            if any(char.isspace() for char in text) and not may_be_empty:
+                raise argparse.ArgumentTypeError(f"{what} may not hold white space (others could not /msg it),"
+                                                 f" not {text!r}")
+            if len(text.encode("utf-8")) > limit:
+                raise argparse.ArgumentTypeError(f"{what} is at most {limit} bytes of UTF-8, not"
+                                                 f" {len(text.encode('utf-8'))}")
+            return text
+        return check
+
+    parser = ArgumentParser(prog="ChatClient.py", description="Chat on a Clemson Relay Chat network.", epilog=HELP,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-S", "--serverhost", required=True, help="host name or address of a CRC server")
-    parser.add_argument("-P", "--serverport", required=True, type=int, help="port of that server")
-    parser.add_argument("-U", "--username", required=True, help="your name on the network")
-    parser.add_argument("-I", "--info", default="", help="a line about you")
-    parser.add_argument("--id", type=client_id, default=None, help="your id (default: random)")
+    parser.add_argument("-P", "--serverport", required=True, type=within(1, 65535), help="port of that server")
+    parser.add_argument("-U", "--username", required=True, type=text_of_at_most(MAX_NAME_BYTES, "a name", False),
+                        help="your name on the network: no spaces, at most 255 bytes")
+    parser.add_argument("-I", "--info", default="", type=text_of_at_most(MAX_INFO_BYTES, "the info"),
+                        help="a line about you")
+    parser.add_argument("--id", type=within(1, MAX_ID), default=None, help="your id (default: random)")
     parser.add_argument("--log-file", dest="log_file", default=None, help="write this client's log here")
     parser.add_argument("-v", "--verbose", action="store_true", help="copy the log to stderr")
     return parser.parse_args(argv)
@@ -406,7 +578,14 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 def main(argv: Optional[List[str]] = None) -> int:
     options = parse_args(argv)
     client = CRCClient(options)
-    chat = TerminalChat(client)  # before run(): the welcome can arrive as soon as we have registered
+    interactive = sys.stdin.isatty() and sys.stdout.isatty()
+    if interactive:
+        global readline
+        try:
+            import readline  # input() then edits lines and keeps a history, where the standard library has it
+        except ImportError:  # Windows, say: plain input
+            pass
+    chat = TerminalChat(client, interactive)  # before run(): the welcome can arrive as soon as we have registered
     try:
         client.run()
     except OSError as error:

@@ -50,7 +50,7 @@ import struct
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple, Union
+from typing import Any, Callable, Dict, List, NoReturn, Optional, Set, Tuple, Union
 
 from ChatMessageParser import (
     ClientChatMessage,
@@ -248,6 +248,8 @@ class CRCServer:
         self.listening = False  # from setup_server_socket() (the port is known) until cleanup()
         self.serving = False  # from the loop's first turn (after joining a network) until cleanup()
         self.announce_departure = False  # set by Ctrl-C or SIGTERM: say goodbye before closing
+        self.stop_if_join_fails = not run_on_localhost and not getattr(options, "alone_if_join_fails", False)
+        self.join_failure: Optional[str] = None  # why we stopped, when joining failed
         self.busy_turns = 0  # +1 as a busy turn starts and +1 as it ends: odd during a turn (see is_quiet)
         self.to_flush: List[Link] = []  # links given output in this turn, sent at its end
         self.overfed: Set[Link] = set()  # server links fed past their high-water mark by the chunk in hand
@@ -268,7 +270,12 @@ class CRCServer:
         self.print_info("Configuring the server socket...")
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # rerun on the same port at once
-        sock.bind((self.bind_address, self.port))
+        try:
+            sock.bind((self.bind_address, self.port))
+        except OSError as error:
+            sock.close()
+            raise OSError(f"cannot listen on {self.bind_address or '*'}:{self.port}: {error.strerror or error}") \
+                from None
         sock.listen(128)
         sock.setblocking(False)
         self.sel.register(sock, selectors.EVENT_READ, None)
@@ -284,8 +291,7 @@ class CRCServer:
         try:
             sock = socket.create_connection(address, timeout=5)
         except OSError as error:
-            self.logger.error("could not connect to %s:%d (%s); running as the root of a new network",
-                              *address, error)
+            self.join_failed(f"could not join {self.connect_to_host}:{self.connect_to_port}: {error}")
             return
         link = self.open_link(sock, outbound=True)
         # Queued straight on the socket, so it prints no trace line; it leaves on the loop's first write
@@ -450,6 +456,9 @@ class CRCServer:
             if not for_us:
                 self.logger.warning("status for %d on a link not yet registered; dropped", message.destination_id)
                 return
+            self.status_updates_log.append(message.content)
+            self.join_failed(f"{self.connect_to_host}:{self.connect_to_port} refused us: {message.content}")
+            return
         elif not self.check_source(record, message.source_id):
             return
         if for_us:
@@ -494,11 +503,12 @@ class CRCServer:
         if source is None or source.link is not io_device.data.link:  # check_source's common case, inline
             if not self.check_source(io_device.data, message.source_id):
                 return
-        if type(self.hosts_db.get(message.destination_id)) is ClientConnectionData:
-            self.send_message_to_host(message.destination_id, message.bytes)
-        else:
-            self.logger.debug("chat from %d to unknown id %d", message.source_id, message.destination_id)
-            self.send_status(message.source_id, STATUS_UNKNOWN_ID, f"Unknown ID {message.destination_id}")
+        if type(self.hosts_db.get(message.destination_id)) is ClientConnectionData and \
+                self.send_message_to_host(message.destination_id, message.bytes):
+            return
+        # Unknown, or known but out of reach (its link is lost, and the hold-down not over): said at once.
+        self.logger.debug("chat from %d to unreachable id %d", message.source_id, message.destination_id)
+        self.send_status(message.source_id, STATUS_UNKNOWN_ID, f"Unknown ID {message.destination_id}")
 
     def handle_client_quit_message(self, io_device: selectors.SelectorKey, message: ClientQuitMessage) -> None:
         record = io_device.data
@@ -745,7 +755,9 @@ class CRCServer:
             self.broadcast_message_to_servers(quit_message)
             self.broadcast_message_to_adjacent_clients(quit_message)
             return
-        reason = reason or f"{self.server_name} {host.server_name}"  # a netsplit names both ends, as IRC does
+        # A netsplit names both ends, as IRC does, in words a chat user understands.
+        reason = reason or (f"the connection between servers {self.server_name} and {host.server_name} was lost"
+                            " (netsplit)")
         lost = self.routes.behind(host.id)
         for gone in lost:
             self.routes.forget(gone.id)
@@ -758,6 +770,17 @@ class CRCServer:
         for gone in lost:
             if isinstance(gone, ServerConnectionData):
                 self.broadcast_message_to_servers(ServerQuitMessage.bytes(gone.id, 0, reason))
+
+    def join_failed(self, why: str) -> None:
+        """The server to join cannot be reached or refused us. In a test harness, and with
+        --alone-if-join-fails, we run on as a network of our own (the course's reference does); from the
+        command line that is an error, and we stop (main() says why)."""
+        if self.stop_if_join_fails:
+            self.logger.error("%s; stopping", why)
+            self.join_failure = why
+            self.request_terminate = True
+        else:
+            self.logger.error("%s; running as a network of our own", why)
 
     def settle_held_departure(self, host_id: int) -> None:
         """A held host registers again: announce the old link's departure now, so the new one starts clean."""
@@ -1116,41 +1139,75 @@ class Timers:
 
 # ------------------------------------------------------------------------------------ command line
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors are one line: what is wrong with which option, and where help is."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see --help)\n")
+
+
+def number(kind: Callable[[str], Any], low: float, high: float, unit: str = "") -> Callable[[str], Any]:
+    """An option's type: a number of this kind from low to high, or an error that says so."""
+    def convert(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:  # also refuses nan
+            shown = "{:,}" if kind is int else "{:g}"
+            limits = f"{shown.format(low)}{unit} or more" if high == float("inf") else \
+                f"from {shown.format(low)} to {shown.format(high)}{unit}"
+            raise argparse.ArgumentTypeError(f"must be {'a whole number' if kind is int else 'a number'}"
+                                             f" {limits}, not {text!r}")
+        return value
+    return convert
+
+
+def text(limit: int, may_be_empty: bool = True) -> Callable[[str], str]:
+    """An option's type: text of at most `limit` bytes of UTF-8 (its length field's limit)."""
+    def convert(value: str) -> str:
+        size = len(value.encode("utf-8"))
+        if size > limit or (not value and not may_be_empty):
+            allowed = f"at most {limit:,}" if may_be_empty else f"1 to {limit:,}"
+            raise argparse.ArgumentTypeError(f"must be {allowed} bytes of UTF-8, not {size:,}")
+        return value
+    return convert
+
+
 def parse_arguments(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Run a Clemson Relay Chat server.")
-    parser.add_argument("--id", type=int, help="this server's id, 1 to 4294967295 (default: random)")
-    parser.add_argument("--servername", required=True, help="this server's name")
-    parser.add_argument("--port", type=int, required=True, help="port to listen on (0: any free port)")
-    parser.add_argument("--info", default="", help="a line about this server")
+    parser = ArgumentParser(prog="ChatServer.py", description="Run a Clemson Relay Chat server.")
+    parser.add_argument("--id", type=number(int, 1, 0xFFFFFFFF), help="this server's id (default: random)")
+    parser.add_argument("--servername", required=True, type=text(0xFF, may_be_empty=False),
+                        help="this server's name, at most 255 bytes")
+    parser.add_argument("--port", type=number(int, 0, 65535), required=True,
+                        help="port to listen on (0: any free port)")
+    parser.add_argument("--info", default="", type=text(0xFFFF), help="a line about this server")
     parser.add_argument("--connect_to_host", default="localhost", help="host of a server to join")
-    parser.add_argument("--connect_to_port", type=int, help="port of a server to join")
+    parser.add_argument("--connect_to_port", type=number(int, 1, 65535), help="port of a server to join")
+    parser.add_argument("--alone-if-join-fails", dest="alone_if_join_fails", action="store_true",
+                        help="if the server to join cannot be reached or refuses us, start a network of our own"
+                             " instead of stopping with an error")
     parser.add_argument("--bind", default="", help="address to listen on (default: all interfaces)")
     parser.add_argument("--log-file", dest="log_file",
                         help="also write the log to this file (a relative path is in Logs/ beside this server)")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="print the trace of every message on stdout, as the course's reference does")
-    parser.add_argument("--split-hold", dest="split_hold", type=float, default=DEFAULT_SPLIT_HOLD,
-                        metavar="SECONDS", help="how long the hosts behind a lost link stay known before"
-                        " their departure is announced (default %(default)g; 0: at once)")
-    parser.add_argument("--register-timeout", dest="register_timeout", type=float,
+    parser.add_argument("--split-hold", dest="split_hold", type=number(float, 0, float("inf"), " s"),
+                        default=DEFAULT_SPLIT_HOLD, metavar="SECONDS", help="how long the hosts behind a lost link"
+                        " stay known before their departure is announced (default %(default)g; 0: at once)")
+    parser.add_argument("--register-timeout", dest="register_timeout", type=number(float, 0.001, float("inf"), " s"),
                         default=DEFAULT_REGISTER_TIMEOUT, metavar="SECONDS",
                         help="drop a connection that has not registered by then (default %(default)g)")
-    parser.add_argument("--max-output", dest="max_output", type=int, default=DEFAULT_MAX_OUTPUT, metavar="BYTES",
+    parser.add_argument("--max-output", dest="max_output", type=number(int, 1, float("inf"), " bytes"),
+                        default=DEFAULT_MAX_OUTPUT, metavar="BYTES",
                         help="drop a peer whose unsent output grows past this (default %(default)d)")
-    parser.add_argument("--stall-timeout", dest="stall_timeout", type=float, default=DEFAULT_STALL_TIMEOUT,
-                        metavar="SECONDS", help="drop a server link that takes no bytes for this long while"
-                        " others wait for it (default %(default)g)")
-    parser.add_argument("--max-frame-size", dest="max_frame_size", type=int, default=DEFAULT_MAX_FRAME_SIZE,
-                        metavar="BYTES", help="refuse a chat, status or quit that declares more bytes"
-                        " (default %(default)d)")
-    options = parser.parse_args(argv)
-    if options.split_hold < 0 or min(options.register_timeout, options.stall_timeout, options.max_output) <= 0 \
-            or options.max_frame_size < 16:
-        parser.error("--split-hold must be 0 or more; --register-timeout, --stall-timeout and --max-output"
-                     " positive; --max-frame-size 16 or more")
-    if options.id is not None and not 1 <= options.id <= 0xFFFFFFFF:
-        parser.error("--id must be from 1 to 4294967295")
-    return options
+    parser.add_argument("--stall-timeout", dest="stall_timeout", type=number(float, 0.001, float("inf"), " s"),
+                        default=DEFAULT_STALL_TIMEOUT, metavar="SECONDS", help="drop a server link that takes no"
+                        " bytes for this long while others wait for it (default %(default)g)")
+    parser.add_argument("--max-frame-size", dest="max_frame_size", type=number(int, 16, float("inf"), " bytes"),
+                        default=DEFAULT_MAX_FRAME_SIZE, metavar="BYTES",
+                        help="refuse a chat, status or quit that declares more bytes (default %(default)d)")
+    return parser.parse_args(argv)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -1171,7 +1228,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         server.run()
     except OSError as error:
-        print(f"ChatServer: {error}", file=sys.stderr)
+        print(f"ChatServer.py: {error}", file=sys.stderr)
+        return 1
+    if server.join_failure:
+        print(f"ChatServer.py: {server.join_failure} (--alone-if-join-fails starts a network of our own instead)",
+              file=sys.stderr)
         return 1
     return 0
 

@@ -40,11 +40,13 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import logging
 import multiprocessing
 import os
 import shutil
 import signal
 import sys
+import sysconfig
 import threading
 import time
 import traceback
@@ -52,7 +54,7 @@ from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
+from types import FrameType, ModuleType
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 KIT_DIR = Path(__file__).resolve().parent
@@ -126,6 +128,18 @@ def load_server_module(path: Path = DEFAULT_SERVER, parser: Optional[ModuleType]
     return module
 
 
+def describe_load_error(path: Path, error: BaseException) -> str:
+    """One line: why a server file cannot be loaded, with the file and line where that shows."""
+    if isinstance(error, FileNotFoundError):
+        return f"cannot load {path}: {'it is a folder, not a file' if Path(path).is_dir() else 'no such file'}"
+    if isinstance(error, SyntaxError):
+        return f"cannot load {path}: {type(error).__name__}: {error.msg} ({error.filename}, line {error.lineno})"
+    frames = [frame for frame in traceback.extract_tb(error.__traceback__)
+              if Path(frame.filename).resolve() == Path(path).resolve()]
+    place = f" ({frames[-1].filename}, line {frames[-1].lineno})" if frames else ""
+    return f"cannot load {path}: {type(error).__name__}: {error}{place}"
+
+
 def _exec_module(name: str, path: Path) -> ModuleType:
     spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
@@ -148,6 +162,7 @@ class Settings:
     strict_waits: bool = False  # every WAIT takes its full time, as in the course's kit
     as_course: bool = False  # grade as the course's checker does: its keys only, no lint
     server_class: Optional[type] = None  # a CRCServer class to test instead of server_path's (in-process runs)
+    ports: Optional[Tuple[int, int]] = None  # the ports the servers may use (low, high), shared among the workers
 
 
 @dataclass
@@ -163,6 +178,7 @@ class CaseResult:
     case_errors: List[str] = field(default_factory=list)  # the lint's findings: mistakes in the case file
     unchecked: List[str] = field(default_factory=list)  # with --as-course, the keys it left unchecked
     exception: Optional[BaseException] = None  # the first exception a machine raised, if any
+    logs: List[Path] = field(default_factory=list)  # the case's log file, and the folder of its machines' logs
 
     @property
     def passed(self) -> bool:
@@ -187,8 +203,9 @@ class CaseResult:
 
     @property
     def output(self) -> str:
-        """The explanation, and the drawing of the network when there is one."""
-        return self.explanation + (f"\n\n{self.drawing}" if self.drawing else "")
+        """The explanation, the drawing of the network when there is one, and where the logs are."""
+        logs = f"\n\nlogs: {', '.join(str(path) for path in self.logs)}" if self.logs else ""
+        return self.explanation + (f"\n\n{self.drawing}" if self.drawing else "") + logs
 
 
 class CaseRun:
@@ -260,6 +277,8 @@ class CaseRun:
         self.note(f"    {written.servername}: port {options.port}, connects to {options.connect_to_port}")
         server = self.server_class(options, run_on_localhost=True)
         name = written.servername
+        if isinstance(getattr(server, "logger", None), logging.Logger):  # ours logs a handler's bug and goes on
+            server.logger.addHandler(_ErrorsLogged(lambda text: self.crashes.append(f"server {name} {text}")))
         thread = threading.Thread(target=self._serve, args=(name, server), name=f"server {name}", daemon=True)
         self.machines[name] = ("server", server)
         self.server_threads[name] = thread
@@ -335,6 +354,23 @@ class CaseRun:
         for client in list(self.clients.values()):
             client.request_terminate = True
 
+    def busy(self, worker: threading.Thread) -> List[str]:
+        """At a time-out: each machine that was not quiet, and where its thread was."""
+        frames = sys._current_frames()
+        lines = [f"  the manager, carrying out that command: {where(frames.get(worker.ident or 0))}"]
+        for name, (kind, machine) in list(self.machines.items()):
+            thread = self.server_threads.get(name) if kind == "server" else getattr(machine, "_listener", None)
+            if thread is None or not thread.is_alive():
+                continue
+            if not can_report_quiet(machine):
+                state = "cannot say whether it is quiet"
+            elif machine.is_quiet():
+                continue
+            else:
+                state = "busy"
+            lines.append(f"  {kind} {name}: {state}, {where(frames.get(thread.ident or 0))}")
+        return lines
+
     def abort(self) -> None:
         self.aborted.set()
         self.stop_everything(join=False)
@@ -379,6 +415,20 @@ class CaseRun:
         return draw_network(views, DRAWING_WIDTH)
 
 
+class _ErrorsLogged(logging.Handler):
+    """Takes a server's logged exceptions (ours costs a link, not the server, for a handler's bug) into
+    the case's problems, traceback and all."""
+
+    def __init__(self, report: Callable[[str], None]) -> None:
+        super().__init__(logging.ERROR)
+        self.report = report
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.exc_info:
+            trace = "".join(traceback.format_exception(*record.exc_info)).rstrip()
+            self.report(f"logged an unexpected error: {record.getMessage()}\n{trace}")
+
+
 class _ThreadErrors:
     """Collects exceptions that end any thread (a client's listener, say) while a case runs."""
 
@@ -401,6 +451,16 @@ class _ThreadErrors:
         if args.exc_value is not None:
             self.exceptions.append(args.exc_value)
         self._previous(args)
+
+
+def where(frame: Optional[FrameType]) -> str:
+    """Where a thread is: its innermost frame outside the standard library."""
+    library = sysconfig.get_paths()["stdlib"]
+    while frame is not None and frame.f_code.co_filename.startswith(library):
+        frame = frame.f_back
+    if frame is None:
+        return "in the standard library"
+    return f"in {frame.f_code.co_name} ({Path(frame.f_code.co_filename).name}, line {frame.f_lineno})"
 
 
 def server_class_for(settings: Settings) -> type:
@@ -426,7 +486,7 @@ def run_case(path: Path, settings: Optional[Settings] = None) -> CaseResult:
     try:
         server_class = server_class_for(settings)
     except Exception as error:  # whatever a submission raises on import is its failure, not the run's
-        problem = f"error: cannot load {settings.server_path}:\n{traceback.format_exc().rstrip()}"
+        problem = f"error: {describe_load_error(settings.server_path, error)}\n{traceback.format_exc().rstrip()}"
         return CaseResult(case.name, FAILED, 0.0, [problem], case.weight, case.family, exception=error)
 
     not_graded: Set[Tuple[str, Optional[str]]] = set()
@@ -442,18 +502,20 @@ def run_case(path: Path, settings: Optional[Settings] = None) -> CaseResult:
         worker.start()
         worker.join(limit)
         if worker.is_alive():
+            busy = run.busy(worker)
             run.abort()  # the worker is abandoned; it is a daemon thread and holds nothing we need
             problems = [f"time limit: the test was still running after {limit:.1f} s"
-                        f" ({settings.timeout:g} s beyond its WAITs), at {run.step}"] + run.crashes
+                        f" ({settings.timeout:g} s beyond its WAITs), at {run.step}", *busy] + run.crashes
         else:
             problems = list(run.problems)
     problems += thread_errors.errors
     drawing = run.draw() if problems and run.machines else ""
     exceptions = run.exceptions + thread_errors.exceptions
+    log_file = Path(settings.logs_dir) / f"{case.name}.log"
     result = CaseResult(case.name, FAILED if problems else PASSED, time.monotonic() - started, problems,
                         case.weight, case.family, drawing, list(run.waits), [str(finding) for finding in findings],
-                        run.unchecked, exceptions[0] if exceptions else None)
-    _write_log(Path(settings.logs_dir) / f"{case.name}.log", case, settings, run, result, trace)
+                        run.unchecked, exceptions[0] if exceptions else None, [log_file, log_dir])
+    _write_log(log_file, case, settings, run, result, trace)
     return result
 
 
@@ -560,7 +622,13 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
             raise argparse.ArgumentTypeError(f"must be 1 or more, not {text}")
         return value
 
-    parser = argparse.ArgumentParser(description="Run CRC scenario test cases.")
+    def port_range(text: str) -> Tuple[int, int]:
+        low, _, high = text.partition("-")
+        if not (low.isdigit() and high.isdigit() and 1024 <= int(low) < int(high) <= 65535):
+            raise argparse.ArgumentTypeError(f"must be LOW-HIGH, from 1024 to 65535 with LOW below HIGH, not {text!r}")
+        return int(low), int(high)
+
+    parser = ChatClient.ArgumentParser(prog="ChatTestManager.py", description="Run CRC scenario test cases.")
     parser.add_argument("names", nargs="*",
                         help="run only these cases: names, starts of names, or paths to .cfg files")
     parser.add_argument("--cases", type=Path, default=DEFAULT_CASES_DIR, help="folder of .cfg case files")
@@ -581,6 +649,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=positive, default=DEFAULT_TIMEOUT,
                         help="fail a test still running this many seconds beyond its WAITs (default %(default)g)")
     parser.add_argument("--keep-ports", action="store_true", help="use the ports written in the cases (implies -j 1)")
+    parser.add_argument("--ports", type=port_range, metavar="LO-HI",
+                        help="give the servers ports from this range only, shared among the workers (default: a"
+                             " free port below the system's ephemeral range)")
     parser.add_argument("--logs", type=Path, default=DEFAULT_LOGS_DIR, help="folder for logs (default Logs/)")
     parser.add_argument("--gradescope", type=Path, metavar="FILE",
                         help="also write the results in Gradescope's autograder format (results.json)")
@@ -597,15 +668,16 @@ def report(result: CaseResult) -> None:
         print(f"      {line}".rstrip(), flush=True)
 
 
-def _start_worker(slots: Any, count: int) -> None:
+def _start_worker(slots: Any, count: int, port_range: Optional[Tuple[int, int]]) -> None:
     """In a new worker process: take a slot no other worker of this run has, and its ports."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the parent, which stops the run
-    ports.block = port_block(slots.get(), count)
+    ports.block = port_block(slots.get(), count, port_range)
 
 
 def run_cases(paths: List[Path], settings: Settings, jobs: int) -> List[CaseResult]:
     """Run the cases, `jobs` at a time, reporting each as it finishes; the results in case order."""
     if jobs == 1:
+        ports.block = port_block(0, 1, settings.ports)
         results = []
         for path in paths:
             results.append(run_case(path, settings))
@@ -617,7 +689,7 @@ def run_cases(paths: List[Path], settings: Settings, jobs: int) -> List[CaseResu
     for slot in range(jobs):
         slots.put(slot)
     finished: Dict[int, CaseResult] = {}
-    with ProcessPoolExecutor(jobs, context, _start_worker, (slots, jobs)) as pool:
+    with ProcessPoolExecutor(jobs, context, _start_worker, (slots, jobs, settings.ports)) as pool:
         futures: Dict[Future[CaseResult], int] = {pool.submit(run_case, path, settings): index
                                                   for index, path in enumerate(paths)}
         try:
@@ -641,6 +713,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.demo:
         from Testers.demo import run_demo  # only the demo needs it
         return run_demo()
+    if not args.cases.is_dir():
+        print(f"error: --cases {args.cases}: no such folder", file=sys.stderr)
+        return 2
     try:
         paths = select_cases(args.cases, args.names)
     except CaseError as error:
@@ -656,11 +731,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         return lint_cases(paths)
     try:
         load_server_module(args.server)
-    except Exception:  # whatever a submission raises on import, report it rather than a traceback of ours
-        print(f"error: cannot load {args.server}:\n{traceback.format_exc()}", file=sys.stderr)
+    except Exception as error:  # whatever a submission raises on import: one line, not a traceback of ours
+        problem = describe_load_error(args.server, error)
+        print(f"error: {problem}", file=sys.stderr)
+        if args.gradescope:  # the autograder still gets results: every test failed, and why
+            failed = [CaseResult(path.stem, FAILED, 0.0, [f"error: {problem}"], declared_weight(path))
+                      for path in paths]
+            write_gradescope(args.gradescope, failed, 0.0, problem)
         return 2
     settings = Settings(args.server, args.slow, args.timeout, args.keep_ports, args.logs, args.strict_waits,
-                        args.as_course)
+                        args.as_course, ports=args.ports)
     jobs = 1 if args.keep_ports else min(args.jobs, len(paths))  # cases as written share their ports
     started = time.monotonic()
     try:

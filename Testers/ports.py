@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 import socket
 from pathlib import Path
-from typing import Dict, Optional, Set
+from typing import Dict, Optional, Set, Tuple
 
 
 def _ephemeral_low() -> int:
@@ -54,13 +54,17 @@ class PortBlock:
         raise RuntimeError(f"no free port left in {self!r}")
 
 
-def port_block(slot: int, slots: int) -> PortBlock:
-    """Worker `slot`'s share of the ports below the ephemeral range (from which the system picks
-    outgoing connections' ports, so that none takes a server's port before it binds it). Shares of
-    different slots never overlap: two workers of one run can never pick the same port."""
-    low, high = 10000, _ephemeral_low()
-    if high - low < 100 * slots:  # an unusual system whose ephemeral range starts low: use the top
-        low, high = 10000, 65536
+def port_block(slot: int, slots: int, ports: Optional[Tuple[int, int]] = None) -> PortBlock:
+    """Worker `slot`'s share of `ports` (low and high, both included), by default the ports below the
+    ephemeral range (from which the system picks outgoing connections' ports, so that none takes a
+    server's port before it binds it). Shares of different slots never overlap: two workers of one run
+    can never pick the same port."""
+    if ports is not None:
+        low, high = ports[0], ports[1] + 1
+    else:
+        low, high = 10000, _ephemeral_low()
+        if high - low < 100 * slots:  # an unusual system whose ephemeral range starts low: use the top
+            low, high = 10000, 65536
     span = (high - low) // slots
     return PortBlock(low + slot * span, low + (slot + 1) * span)
 

@@ -19,7 +19,8 @@ from typing import Any, Dict, List, Sequence
 _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 
 
-def gradescope_results(results: Sequence[Any], seconds: float, visibility: str = "visible") -> Dict[str, Any]:
+def gradescope_results(results: Sequence[Any], seconds: float, visibility: str = "visible",
+                       problem: str = "") -> Dict[str, Any]:
     """The autograder results format: a test per case with its points, and the explanation and drawing
     of a failure as its output (Gradescope shows it in a <pre> block, so the drawing keeps its shape)."""
     score = sum(result.score for result in results)
@@ -42,7 +43,8 @@ def gradescope_results(results: Sequence[Any], seconds: float, visibility: str =
     return {
         "score": score,
         "execution_time": round(seconds, 1),
-        "output": f"{passed} of {len(results)} tests passed; {score:g} of {total:g} points",
+        "output": (f"{problem}\n" if problem else "") + f"{passed} of {len(results)} tests passed; {score:g} of"
+                  f" {total:g} points",
         "visibility": visibility,
         "stdout_visibility": "hidden",  # the run's console output repeats what the tests say
         "test_output_format": "text",
@@ -50,8 +52,10 @@ def gradescope_results(results: Sequence[Any], seconds: float, visibility: str =
     }
 
 
-def write_gradescope(path: Path, results: Sequence[Any], seconds: float) -> None:
-    Path(path).write_text(json.dumps(gradescope_results(results, seconds), indent=2) + "\n", encoding="utf-8")
+def write_gradescope(path: Path, results: Sequence[Any], seconds: float, problem: str = "") -> None:
+    """`problem`: what went wrong with the whole submission (it cannot be loaded, say), shown first."""
+    data = gradescope_results(results, seconds, problem=problem)
+    Path(path).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
 def _xml_text(text: str) -> str:

@@ -369,3 +369,74 @@ def test_the_demo_starts_a_network_shows_chats_and_a_quit_and_exits_0() -> None:
                  "`-- gamma (3)"):
         assert seen in run.stdout, f"expected {seen!r} in the demo's output:\n{run.stdout}"
     assert run.stderr == "", run.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 10: the manager on a shared machine, and failures that point at their cause
+
+def test_ports_come_from_the_range_given_and_a_case_may_be_named_by_its_file(tmp_path: Path) -> None:
+    case = write_case(tmp_path, "ranged", chat_case(0.2), CHAT_STATE)
+    logs = tmp_path / "Logs"
+    run = run_command_line("--ports", "23000-23099", "--logs", str(logs), str(case))
+    assert run.returncode == 0, run.stdout + run.stderr
+    used = [int(port) for port in re.findall(r": (\d+)", re.search(r"ports    (\{.*\})", (logs / "ranged.log").read_text()).group(1))]
+    assert used and all(23000 <= port <= 23099 for port in used), f"ports {used} are outside 23000-23099"
+
+
+def test_a_failure_says_where_its_logs_are(tmp_path: Path) -> None:
+    case = write_case(tmp_path, "wrong", chat_case(0.2), dict(CHAT_STATE, oak={"hosts_db": []}))
+    logs = tmp_path / "Logs"
+    run = run_command_line("--logs", str(logs), str(case))
+    assert run.returncode == 1 and f"logs: {logs / 'wrong.log'}, {logs / 'wrong'}" in run.stdout, run.stdout
+
+
+BUGGY_SERVER = '''
+from ChatServer import CRCServer as Ours
+
+class CRCServer(Ours):
+    def handle_client_chat_message(self, io_device, message):
+        raise KeyError("a bug in the chat handler")
+'''
+
+
+def test_a_handlers_exception_appears_in_the_failing_tests_report(tmp_path: Path) -> None:
+    server = tmp_path / "buggy" / "ChatServer.py"
+    server.parent.mkdir()
+    server.write_text(BUGGY_SERVER.replace("from ChatServer import", "from ChatServerBase import"))
+    (server.parent / "ChatServerBase.py").write_text((ROOT / "ChatServer.py").read_text())
+    case = write_case(tmp_path, "chat", chat_case(0.2), CHAT_STATE)
+    sys.path.insert(0, str(server.parent))
+    try:
+        result = manager.run_case(case, manager.Settings(server_path=server, logs_dir=tmp_path / "Logs"))
+    finally:
+        sys.path.remove(str(server.parent))
+    assert not result.passed
+    text = result.explanation
+    assert "logged an unexpected error: unexpected error while serving client ada (11)" in text, text
+    assert "Traceback (most recent call last)" in text and "KeyError: 'a bug in the chat handler'" in text, text
+
+
+STUCK_SERVER = '''
+import time
+from ChatServerBase import CRCServer as Ours
+
+class CRCServer(Ours):
+    def handle_client_chat_message(self, io_device, message):
+        time.sleep(30)  # stuck in a handler, as a broken submission might be
+'''
+
+
+def test_a_time_out_names_the_machines_still_busy_and_where_they_are(tmp_path: Path) -> None:
+    server = tmp_path / "stuck" / "ChatServer.py"
+    server.parent.mkdir()
+    server.write_text(STUCK_SERVER)
+    (server.parent / "ChatServerBase.py").write_text((ROOT / "ChatServer.py").read_text())
+    case = write_case(tmp_path, "stuck", chat_case(0.2), CHAT_STATE)
+    sys.path.insert(0, str(server.parent))
+    try:
+        result = manager.run_case(case, manager.Settings(server_path=server, logs_dir=tmp_path / "Logs", timeout=1))
+    finally:
+        sys.path.remove(str(server.parent))
+    text = result.explanation
+    assert text.startswith("time limit: the test was still running"), text
+    assert re.search(r"server oak: busy, in handle_client_chat_message \(ChatServer\.py, line 7\)", text), text

@@ -9,7 +9,10 @@ from __future__ import annotations
 import argparse
 import signal
 import socket
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -27,6 +30,7 @@ from ChatMessageParser import (
 )
 
 pytestmark = pytest.mark.timeout(90)
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
@@ -444,3 +448,57 @@ def fuzz_server():
     watcher.wait_for(lambda m: m, "welcome")
     yield server, watcher
     server.stop()
+
+
+# ----------------------------------------------------------------------- issue 10: no silent losses
+
+
+def test_a_chat_into_the_hold_down_gets_its_sender_unknown_id_at_once(network):
+    a = network.server(id=1, servername="A", split_hold=60)
+    b = network.process("--id", "2", "--servername", "B", "--connect_to_port", str(a.port))
+    sender = network.client(a, 10, "sender")
+    RawPeer.client(b.port, 20, "behind-b").wait_for(lambda m: m, "welcome")
+    wait_for(lambda: 20 in sender.connected_user_ids, "the sender to know the client behind B")
+    b.stop(signal.SIGKILL)
+    wait_for(lambda: a.held_links() == [2], "A to notice the lost link and hold its hosts")
+    sender.message_other_client(20, "are you there?")
+    wait_for(lambda: "Unknown ID 20" in sender.status_updates_log, "the sender to hear that 20 is out of reach",
+             timeout=5)
+    assert 20 in a.hosts_db, "still within the hold-down: the state itself must not change yet"
+
+
+def test_a_netsplit_is_announced_in_words_that_name_both_servers(network):
+    a = network.server(id=1, servername="alpha", split_hold=0.2)
+    b = network.process("--id", "2", "--servername", "beta", "--connect_to_port", str(a.port))
+    watcher = RawPeer.client(a.port, 10, "watcher")
+    RawPeer.client(b.port, 20, "behind-beta").wait_for(lambda m: m, "welcome")
+    watcher.wait_for(lambda m: any(getattr(x, "source_id", 0) == 20 for x in m), "the client behind beta")
+    b.stop(signal.SIGKILL)
+    (gone,) = watcher.wait_for(lambda m: watcher.of_type(ClientQuitMessage), "the netsplit to be announced")
+    assert gone.content == "the connection between servers alpha and beta was lost (netsplit)"
+
+
+def test_from_the_command_line_a_failed_join_is_an_error_unless_asked_to_start_alone():
+    with socket.create_server(("127.0.0.1", 0)) as closed:
+        port = closed.getsockname()[1]
+    run = subprocess.run([sys.executable, "ChatServer.py", "--servername", "lonely", "--port", "0", "--bind",
+                          "127.0.0.1", "--connect_to_port", str(port)], cwd=ROOT, capture_output=True, text=True,
+                         timeout=20)
+    assert run.returncode == 1, run.stderr
+    assert run.stderr.splitlines()[-1].startswith(f"ChatServer.py: could not join localhost:{port}: "), run.stderr
+    alone = ServerProcess("--servername", "alone", "--connect_to_port", str(port), "--alone-if-join-fails")
+    try:
+        wait_for(lambda: "running as a network of our own" in "".join(alone.log), "the server to say it runs alone")
+        assert alone.process.poll() is None, "with --alone-if-join-fails the server runs on"
+    finally:
+        alone.kill()
+
+
+def test_from_the_command_line_a_refused_id_is_an_error(network):
+    a = network.server(id=1, servername="A")
+    run = subprocess.run([sys.executable, "ChatServer.py", "--servername", "twin", "--id", "1", "--port", "0",
+                          "--bind", "127.0.0.1", "--connect_to_port", str(a.port)], cwd=ROOT, capture_output=True,
+                         text=True, timeout=20)
+    assert run.returncode == 1 and run.stderr.splitlines()[-1] == (
+        f"ChatServer.py: localhost:{a.port} refused us: A machine has already registered with ID 1"
+        " (--alone-if-join-fails starts a network of our own instead)"), run.stderr

@@ -15,8 +15,9 @@ from typing import Callable, Iterator, List
 import pexpect
 import pexpect.popen_spawn
 import pytest
-from netkit import wait_until
+from netkit import RawPeer, wait_until
 
+from ChatMessageParser import ClientChatMessage
 from ChatServer import CRCServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -129,7 +130,7 @@ def test_two_users_chat_by_name_id_and_plain_lines(open_terminal: Callable[..., 
     bob.wait_for("* alice is online (id 11)")
 
     alice.type("/who")
-    alice.wait_for("Online (1):\n  bob (id 12)\n")
+    alice.wait_for("Online (2, you included):\n  alice (id 11)   <- you\n  bob (id 12)\n")
     alice.type("anyone there?")
     alice.wait_for("No one to send to yet: start with /msg NAME text")
 
@@ -146,7 +147,7 @@ def test_two_users_chat_by_name_id_and_plain_lines(open_terminal: Callable[..., 
     assert alice.wait_for_exit() == 0, f"expected exit status 0 after /quit; screen:\n{alice.transcript}"
     bob.wait_for("* alice left: see you")
     bob.type("/who")
-    bob.wait_for("No one else is online.")
+    bob.wait_for("Online (1, you included):\n  bob (id 12)   <- you\n")
 
 
 def test_unknown_and_ambiguous_names_and_ids(open_terminal: Callable[..., Terminal]) -> None:
@@ -207,3 +208,86 @@ def test_unreachable_server_is_reported() -> None:
                             stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=DEADLINE_SECONDS)
     assert result.returncode == 1, f"expected exit status 1, seen {result.returncode}; stderr: {result.stderr}"
     assert f"Cannot connect to 127.0.0.1:{port}" in result.stderr, f"expected a clear error, seen: {result.stderr}"
+
+
+# ------------------------------------------------------------------------------ issue 10: the terminal
+
+
+@pytest.mark.timeout(60)
+def test_a_message_longer_than_a_frame_arrives_whole_and_in_order(open_terminal: Callable[..., Terminal]) -> None:
+    alice = open_terminal("alice", 11)
+    bob = open_terminal("bob", 12)
+    alice.wait_for("* bob is online (id 12)")
+    text = "".join(f"{n:05d}é" for n in range(12_000))[:70_000]  # 70,000 characters, some of them 2 bytes
+    alice.type(f"/msg bob {text}")
+    alice.wait_for("(sent in 2 parts)")
+    bob.wait_for(f"alice: {text}   (2 parts)")
+
+
+def test_control_characters_from_others_are_shown_escaped(open_terminal: Callable[..., Terminal],
+                                                          server: CRCServer) -> None:
+    alice = open_terminal("alice", 11)
+    mallory = RawPeer.client(server.port, 66, "mal\x1b[31mlory")
+    alice.wait_for("* mal\\x1b[31mlory is online (id 66)")
+    mallory.send(ClientChatMessage.bytes(66, 11, "\x1b[2J\x07cleared?\r\nnew line\x00\x9b"))
+    alice.wait_for("mal\\x1b[31mlory: \\x1b[2J\\x07cleared?\\r\\nnew line\\x00\\x9b")
+    assert "\x1b[2J" not in alice.transcript and "\x07" not in alice.transcript
+
+
+def test_typing_survives_an_incoming_message_and_history_recalls_a_line(server: CRCServer) -> None:
+    alice = Terminal("pty", server.port, "alice", 11)
+    bob = Terminal("pipe", server.port, "bob", 12)
+    try:
+        alice.wait_for("* bob is online (id 12)")
+        alice.child.send("/msg bob hel")  # typed, not yet entered
+        alice.wait_for("> /msg bob hel")
+        bob.type("/msg alice interrupting")
+        alice.wait_for("\x1b[Kbob: interrupting\n> /msg bob hel")  # above the line being typed, which is drawn again
+        alice.child.send("lo\r")
+        bob.wait_for("alice: hello")
+        alice.child.send("\x1b[A\r")  # up arrow: the last line again
+        bob.wait_for("alice: hello", count=2)
+    finally:
+        alice.close()
+        bob.close()
+
+
+def test_reply_answers_the_last_writer_and_who_lists_yourself(open_terminal: Callable[..., Terminal]) -> None:
+    alice = open_terminal("alice", 11)
+    bob = open_terminal("bob", 12)
+    alice.wait_for("* bob is online (id 12)")
+    alice.type("/reply hello?")
+    alice.wait_for("No one has written to you yet.")
+    bob.type("/msg alice ping")
+    alice.wait_for("bob: ping")
+    alice.type("/reply pong")
+    bob.wait_for("alice: pong")
+    alice.type("/r and again")
+    bob.wait_for("alice: and again")
+    alice.type("/msg alice a note to myself")
+    alice.wait_for("alice: a note to myself")
+    bob.type("/who")
+    bob.wait_for("Online (2, you included):\n  alice (id 11)\n  bob (id 12)   <- you\n")
+
+
+def test_piped_input_is_carried_out_to_the_end_and_every_answer_shown(server: CRCServer) -> None:
+    run = subprocess.run([sys.executable, CLIENT, "-S", "127.0.0.1", "-P", str(server.port), "-U", "piper"],
+                         input="/msg 424242 anyone?\n/msg piper to myself\n", capture_output=True, text=True,
+                         timeout=DEADLINE_SECONDS * 2)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "[server] Unknown ID 424242" in run.stdout and "piper: to myself" in run.stdout, run.stdout
+    assert run.stdout.rstrip().endswith("Bye."), run.stdout
+
+
+def test_a_server_that_never_welcomes_is_reported() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as silent:
+        terminal = Terminal("pipe", silent.getsockname()[1], "alice", 11)
+        try:
+            connection, _ = silent.accept()
+            with connection:
+                wait_until(lambda: "No welcome" in (terminal._read() or terminal.transcript),
+                           lambda: f"expected a word about the missing welcome; the screen shows:\n{terminal.transcript}",
+                           timeout=10)
+            assert "is it a CRC server? Still waiting." in terminal.transcript
+        finally:
+            terminal.close()
