@@ -44,6 +44,9 @@ _STATUS_HEADER = struct.Struct("!BIIHI")
 _ID_ID_LENGTH_HEADER = struct.Struct("!BIII")  # client chat and server quit share this layout
 _CLIENT_QUIT_HEADER = struct.Struct("!BII")
 
+REGISTRATIONS = (SERVER_REGISTRATION, CLIENT_REGISTRATION)
+LARGEST_REGISTRATION = 12 + MAX_BYTE + MAX_HALF  # a 255-byte name and a 65,535-byte info
+
 HEADER_SIZES = {
     SERVER_REGISTRATION: _REGISTRATION_HEADER.size,
     STATUS_UPDATE: _STATUS_HEADER.size,
@@ -364,9 +367,11 @@ class StreamDecoder:
     """Cuts the byte stream of one connection into messages.
 
     Feed it chunks of any size, one byte at a time included; it returns every message that is now
-    complete and keeps the rest. A frame that declares more than `max_frame_size` bytes is refused as
-    soon as its header is in, without waiting for the body. After a ProtocolError the stream has lost
-    its framing: the decoder refuses any further input, and the caller should drop the connection.
+    complete and keeps the rest. A chat, status or quit that declares more than `max_frame_size` bytes is
+    refused as soon as its header is in, without waiting for the body (its 4-byte length could make a
+    peer hold gigabytes). A registration is never refused for its size: its one-byte and two-byte length
+    fields bound it (LARGEST_REGISTRATION), and every legal one must pass. After a ProtocolError the stream
+    has lost its framing: the decoder refuses any further input, and the caller should drop the connection.
     """
 
     def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
@@ -390,7 +395,7 @@ class StreamDecoder:
                 length = frame_length(self._buffer, offset)
                 if length is None:
                     break
-                if length > self.max_frame_size:
+                if length > self.max_frame_size and self._buffer[offset] not in REGISTRATIONS:
                     raise ProtocolError(
                         f"message of type 0x{self._buffer[offset]:02x} declares {length} bytes;"
                         f" the limit is {self.max_frame_size}"

@@ -40,7 +40,9 @@ Lifecycle, the same for every link:
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import os
 import random
 import select
 import selectors
@@ -98,6 +100,9 @@ DEFAULT_REGISTER_TIMEOUT = 10.0  # seconds a new connection has to register
 DEFAULT_MAX_OUTPUT = 8 * 1024 * 1024  # unsent bytes one link may pile up before it is dropped
 DEFAULT_STALL_TIMEOUT = 30.0  # seconds a server link holding others back may go without taking any bytes
 CLOSE_GRACE = 2.0  # seconds a closing link has to take its last message (a status saying why)
+DEFAULT_RECONNECT_FIRST = 1.0  # seconds before the first try to open a lost uplink again (at most) ...
+DEFAULT_RECONNECT_MAX = 30.0  # ... doubling with each failed try, up to this
+ACCEPT_PAUSE = 0.5  # seconds the listening socket rests when this process is out of file descriptors
 HIGH_WATER = 1024 * 1024  # a server link with more unsent output pauses the links that feed it ...
 LOW_WATER = 256 * 1024  # ... until it is down to this
 RECEIVE_SIZE = 256 * 1024  # one read per ready link per loop turn, so that no peer can starve the others
@@ -105,10 +110,14 @@ SELECT_TIMEOUT = 0.1  # request_terminate must be noticed within about 0.1 s
 KEEPALIVE_IDLE = 10  # seconds a link may be silent before the kernel starts probing whether its peer is there
 KEEPALIVE_INTERVAL = 5  # seconds between probes; three unanswered probes and the link fails
 
+# How a registration fits what a server knows (see CRCServer.place).
+NEW, AGAIN, BACK, TAKEN = "new", "again", "back", "taken"
+
 # A link's states. OPEN: read and written. PAUSED: written, but not read while a server link it feeds
 # catches up (backpressure), then OPEN again. CLOSING: written until its last message is out, not read.
-# CLOSED: gone. Numbered so that `state <= PAUSED` means "takes output".
-OPEN, PAUSED, CLOSING, CLOSED = range(4)
+# CLOSED: gone. CONNECTING: our uplink, opened again without waiting, until the connection completes.
+# Numbered so that `state <= PAUSED` means "takes output".
+OPEN, PAUSED, CLOSING, CLOSED, CONNECTING = range(5)
 
 
 class ProtocolViolation(Exception):
@@ -250,6 +259,13 @@ class CRCServer:
         self.announce_departure = False  # set by Ctrl-C or SIGTERM: say goodbye before closing
         self.stop_if_join_fails = not run_on_localhost and not getattr(options, "alone_if_join_fails", False)
         self.join_failure: Optional[str] = None  # why we stopped, when joining failed
+        # The uplink: the link we opened to join a network, opened again when lost (not in a test
+        # harness, unless asked: nothing the course grades may change because of it).
+        self.uplink: Optional[Link] = None
+        self.reconnect = bool(getattr(options, "reconnect", not run_on_localhost))
+        self.reconnect_first: float = getattr(options, "reconnect_first", None) or DEFAULT_RECONNECT_FIRST
+        self.reconnect_max: float = getattr(options, "reconnect_max", None) or DEFAULT_RECONNECT_MAX
+        self.reconnect_tries = 0  # since the uplink was last up
         self.busy_turns = 0  # +1 as a busy turn starts and +1 as it ends: odd during a turn (see is_quiet)
         self.to_flush: List[Link] = []  # links given output in this turn, sent at its end
         self.overfed: Set[Link] = set()  # server links fed past their high-water mark by the chunk in hand
@@ -293,7 +309,8 @@ class CRCServer:
         except OSError as error:
             self.join_failed(f"could not join {self.connect_to_host}:{self.connect_to_port}: {error}")
             return
-        link = self.open_link(sock, outbound=True)
+        self.connect_to_host_addr = sock.getpeername()[0]  # reconnects go there, with no name to look up
+        link = self.uplink = self.open_link(sock, outbound=True)
         # Queued straight on the socket, so it prints no trace line; it leaves on the loop's first write
         # event, through handle_io_device_events, where a connectivity tester that wraps it sees it go.
         link.write_buffer += ServerRegistrationMessage.bytes(self.id, 0, self.server_name, self.server_info)
@@ -331,8 +348,10 @@ class CRCServer:
     def accept_new_connection(self, io_device: selectors.SelectorKey) -> None:
         try:
             sock, address = io_device.fileobj.accept()  # type: ignore[union-attr]
-        except OSError:  # the peer gave up before we got to it
-            return
+        except OSError as error:
+            if error.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                self.rest_listening_socket(error)
+            return  # otherwise the peer gave up before we got to it
         self.open_link(sock, outbound=False)
         self.logger.debug("accepted a connection from %s:%d", *address[:2])
 
@@ -341,6 +360,9 @@ class CRCServer:
             self.accept_new_connection(io_device)
             return
         link = io_device.data.link
+        if link.state == CONNECTING:
+            self.finish_connecting(link)
+            return
         if event_mask & selectors.EVENT_WRITE and link.state != CLOSED:
             self.flush(link)
         if event_mask & selectors.EVENT_READ and link.state == OPEN:
@@ -426,25 +448,23 @@ class CRCServer:
             raise ProtocolViolation("a client may not register a server")
         if server_id == 0:
             raise ProtocolViolation("id 0 is not a valid machine id")
-        self.settle_held_departure(server_id)
         server = ServerConnectionData(server_id, message.server_name, message.server_info)
         server.registration = self.relayed(message.bytes)
+        if self.place(server_id, record) == TAKEN:
+            self.refuse_or_ignore(io_device, server_id, f"A machine has already registered with ID {server_id}")
+            return
         if isinstance(record, ServerConnectionData):  # a neighbour announces a server behind it
-            if not self.accept_relayed_registration(record, server_id):
-                return
             self.routes.add_behind(server, record.id)
-            self.logger.info("server %s (%d) joined behind %d", server.server_name, server_id, record.id)
+            self.logger.info("server %s (%d) is known behind %d", server.server_name, server_id, record.id)
         else:  # a new neighbour introduces itself
-            if self.known(server_id):
-                self.refuse(io_device, f"A machine has already registered with ID {server_id}")
-                return
+            link = record.link
             self.register_link(io_device, server)
             self.logger.info("server %s (%d) joined as a neighbour", server.server_name, server_id)
-            if not io_device.data.link.outbound:  # the server we joined knows us already
+            if not link.outbound:  # the server we joined knows us already
                 self.send_message_to_host(server_id, ServerRegistrationMessage.bytes(
                     self.id, self.id, self.server_name, self.server_info))
-            for host in list(self.hosts_db.values()):
-                if host is not server:
+            for host in list(self.hosts_db.values()):  # our whole view, for a merge of two networks
+                if host.first_link_id != server_id:
                     self.send_message_to_host(server_id, host.registration)
         self.broadcast_message_to_servers(server.registration, ignore_host_id=server.first_link_id)
 
@@ -457,7 +477,8 @@ class CRCServer:
                 self.logger.warning("status for %d on a link not yet registered; dropped", message.destination_id)
                 return
             self.status_updates_log.append(message.content)
-            self.join_failed(f"{self.connect_to_host}:{self.connect_to_port} refused us: {message.content}")
+            self.join_failed(f"{self.connect_to_host}:{self.connect_to_port} refused us: {message.content}",
+                             refused=True)
             return
         elif not self.check_source(record, message.source_id):
             return
@@ -475,19 +496,16 @@ class CRCServer:
             raise ProtocolViolation("a client registers once, and only itself")
         if client_id == 0:
             raise ProtocolViolation("id 0 is not a valid machine id")
-        self.settle_held_departure(client_id)
         client = ClientConnectionData(client_id, message.client_name, message.client_info)
         client.registration = self.relayed(message.bytes)
+        if self.place(client_id, record) == TAKEN:
+            self.refuse_or_ignore(io_device, client_id, f"Someone has already registered with ID {client_id}")
+            return
         if isinstance(record, ServerConnectionData):  # a neighbour announces a client behind it
-            if not self.accept_relayed_registration(record, client_id):
-                return
             self.routes.add_behind(client, record.id)
-            self.logger.info("client %s (%d) joined behind %d", client.client_name, client_id, record.id)
+            self.logger.info("client %s (%d) is known behind %d", client.client_name, client_id, record.id)
         else:  # a client of ours introduces itself
-            if self.known(client_id):
-                self.refuse(io_device, f"Someone has already registered with ID {client_id}")
-                return
-            others = self.routes.clients()
+            others = [other for other in self.routes.clients() if other.id != client_id]
             self.register_link(io_device, client)
             self.logger.info("client %s (%d) joined here", client.client_name, client_id)
             welcome = f"Welcome to the Clemson Relay Chat network {client.client_name}"
@@ -574,9 +592,9 @@ class CRCServer:
             raise ProtocolViolation(f"id {server.id} is a client, and clients do not send server quits")
         if server is record:
             # A neighbour says goodbye: everything reached through it is gone, announced host by host.
-            self.depart(record, message.content)
-            if record.link is not None:
-                self.close_after_flush(record.link, "it announced its departure")
+            link: Link = record.link  # type: ignore[assignment]
+            self.depart(link, message.content)
+            self.close_after_flush(link, "it announced its departure")
             return
         self.routes.forget(server.id)
         self.logger.info("server %s (%d) quit: %s", server.server_name, server.id, message.content)
@@ -593,21 +611,44 @@ class CRCServer:
                 raise ProtocolViolation(f"a client may only speak for itself (id {record.id}), not for id {source_id}")
             return False  # it has quit (and its id may be someone else's now)
         if type(record) is ServerConnectionData:
-            if source is None:
-                self.logger.warning("%s relayed a message from unknown id %d; dropped", self.describe(record),
-                                    source_id)
-                return False
-            raise ProtocolViolation(f"id {source_id} is reached through another link")
+            # A host it announced that we left out (see refuse_or_ignore), or one that is gone: dropped.
+            self.logger.warning("%s relayed a message from id %d, which we do not reach through it; dropped",
+                                self.describe(record), source_id)
+            return False
         raise ProtocolViolation("a peer must register before anything else")
 
-    def accept_relayed_registration(self, link_host: ServerConnectionData, host_id: int) -> bool:
-        """A server link announces a host behind it; an id known through another link is a lie."""
-        if not self.known(host_id):
-            return True
-        if host_id == self.id or self.hosts_db[host_id].first_link_id != link_host.id:
-            raise ProtocolViolation(f"announced id {host_id}, which is reached through another link")
-        self.logger.warning("%s announced id %d again; ignored", self.describe(link_host), host_id)
-        return False
+    def place(self, host_id: int, record: ConnectionData) -> str:
+        """How a registration for `host_id`, arriving on `record`'s link, fits what we know: NEW, AGAIN
+        (known through this same link: a merge or a rejoin announces it once more; the entry is
+        refreshed), BACK (known through a link that is lost and held: it came back this way, and takes
+        its place without a departure) or TAKEN (our own id, or known through another open link)."""
+        host = self.hosts_db.get(host_id)
+        if host_id == self.id:
+            return TAKEN
+        if host is None:
+            return NEW
+        if host.link is record.link:
+            return AGAIN
+        if host.link is None or host.link.state == CLOSED:
+            return BACK
+        return TAKEN
+
+    def refuse_or_ignore(self, io_device: selectors.SelectorKey, host_id: int, text: str) -> None:
+        """A registration for an id that is taken. From a peer introducing itself: refused, and its link
+        closed. From a neighbour announcing a host behind it (two networks merging, and both have that
+        id): that one host is not taken in or passed on; the link and every other host stay, and the
+        neighbour, seeing ours, does the same, so that each side keeps the one it had first."""
+        if type(io_device.data) is ServerConnectionData:
+            self.logger.warning("%s announced id %d, which we reach through %s: that one host is left out (%s)",
+                                self.describe(io_device.data), host_id, self.describe_route(host_id), text)
+            return
+        self.refuse(io_device, text)
+
+    def describe_route(self, host_id: int) -> str:
+        if host_id == self.id:
+            return "ourselves"
+        host = self.hosts_db[host_id]
+        return self.describe(host.link.record if host.link is not None else None)
 
     def send_status(self, host_id: int, code: int, text: str) -> None:
         """A status for a host: with destination 0 to an adjacent one, as the course's reference sends
@@ -619,9 +660,6 @@ class CRCServer:
         """A registration as this server passes it on: the same bytes with our id as the last hop."""
         return registration[:LAST_HOP.start] + self.id.to_bytes(4, "big") + registration[LAST_HOP.stop:]
 
-    def known(self, host_id: int) -> bool:
-        return host_id == self.id or host_id in self.hosts_db
-
     def describe(self, record: Optional[ConnectionData]) -> str:
         if isinstance(record, ServerConnectionData):
             return f"server {record.server_name} ({record.id})"
@@ -631,8 +669,23 @@ class CRCServer:
 
     # ------------------------------------------------------------------------------ ours: links
 
-    def open_link(self, sock: socket.socket, outbound: bool) -> Link:
-        link = Link(sock, self.sel, BaseConnectionData(), outbound, self.max_frame_size)
+    def rest_listening_socket(self, error: OSError) -> None:
+        """Out of file descriptors: the connection waits in the listening socket's backlog, which stays
+        readable, so the loop would spin on it. It is not watched for ACCEPT_PAUSE seconds; the links we
+        have are served meanwhile, and accepting starts again once descriptors are free."""
+        if ("accept", None) in self.timers or self.server_socket is None:
+            return
+        self.logger.warning("cannot accept a connection (%s); trying again in %g s", error.strerror, ACCEPT_PAUSE)
+        listening = self.server_socket
+        self.sel.unregister(listening)
+
+        def accept_again() -> None:
+            self.sel.register(listening, selectors.EVENT_READ)
+
+        self.timers.start(("accept", None), ACCEPT_PAUSE, accept_again)
+
+    def open_link(self, sock: socket.socket, outbound: bool, connecting: bool = False) -> Link:
+        link = Link(sock, self.sel, BaseConnectionData(), outbound, self.max_frame_size, connecting)
         self.links.add(link)
         self.start_register_timer(link)
         return link
@@ -736,32 +789,33 @@ class CRCServer:
         self.release_held_back(link)
         for kind in ("register", "closing"):
             self.timers.cancel((kind, link))
-        record = link.record
-        if isinstance(record, (ServerConnectionData, ClientConnectionData)) and self.hosts_db.get(record.id) is record:
+        if any(host.link is link for host in self.hosts_db.values()):
             # The course's tests read state after stopping servers one by one: nothing may change yet.
-            self.timers.start(("hold", record.id), self.split_hold, lambda: self.depart(record))
+            self.timers.start(("hold", link), self.split_hold, lambda: self.depart(link))
+        if link is self.uplink:
+            self.uplink = None
+            if self.reconnect and not self.request_terminate:
+                self.schedule_reconnect()
 
     # -------------------------------------------------------------------------- ours: departures
 
-    def depart(self, host: HostData, reason: Optional[str] = None) -> None:
-        """Forget an adjacent host and everything reached through it, and tell the rest of the network."""
-        self.timers.cancel(("hold", host.id))
-        if self.hosts_db.get(host.id) is not host:
-            return  # it quit or was replaced meanwhile
-        if isinstance(host, ClientConnectionData):
-            self.routes.forget(host.id)
-            self.logger.info("client %s (%d) is gone: %s", host.client_name, host.id, reason or "connection lost")
-            quit_message = ClientQuitMessage.bytes(host.id, reason or "Connection lost")
-            self.broadcast_message_to_servers(quit_message)
-            self.broadcast_message_to_adjacent_clients(quit_message)
+    def depart(self, link: Link, reason: Optional[str] = None) -> None:
+        """Forget every host still reached through a lost link (those that came back another way, or
+        over a new link, have left it), and tell the rest of the network."""
+        self.timers.cancel(("hold", link))
+        lost = [host for host in self.hosts_db.values() if host.link is link]
+        neighbour = link.record
+        if not lost or not isinstance(neighbour, (ServerConnectionData, ClientConnectionData)):
             return
-        # A netsplit names both ends, as IRC does, in words a chat user understands.
-        reason = reason or (f"the connection between servers {self.server_name} and {host.server_name} was lost"
-                            " (netsplit)")
-        lost = self.routes.behind(host.id)
+        if isinstance(neighbour, ServerConnectionData):
+            # A netsplit names both ends, as IRC does, in words a chat user understands.
+            reason = reason or (f"the connection between servers {self.server_name} and {neighbour.server_name}"
+                                " was lost (netsplit)")
+        reason = reason or "Connection lost"
         for gone in lost:
             self.routes.forget(gone.id)
-        self.logger.info("the link to %s is gone, and with it %d host(s): %s", self.describe(host), len(lost), reason)
+        self.logger.info("the link to %s is gone, and with it %d host(s): %s", self.describe(neighbour), len(lost),
+                         reason)
         for gone in lost:
             if isinstance(gone, ClientConnectionData):
                 quit_message = ClientQuitMessage.bytes(gone.id, reason)
@@ -771,22 +825,58 @@ class CRCServer:
             if isinstance(gone, ServerConnectionData):
                 self.broadcast_message_to_servers(ServerQuitMessage.bytes(gone.id, 0, reason))
 
-    def join_failed(self, why: str) -> None:
+    def join_failed(self, why: str, refused: bool = False) -> None:
         """The server to join cannot be reached or refused us. In a test harness, and with
-        --alone-if-join-fails, we run on as a network of our own (the course's reference does); from the
-        command line that is an error, and we stop (main() says why)."""
+        --alone-if-join-fails, we run on as a network of our own (the course's reference does), and try
+        again later unless refused; from the command line that is an error, and we stop (main() says why)."""
         if self.stop_if_join_fails:
             self.logger.error("%s; stopping", why)
             self.join_failure = why
             self.request_terminate = True
+        elif refused or not self.reconnect:
+            self.reconnect = False  # a refusal stands: trying again would be refused again
+            self.logger.error("%s; running as a network of our own%s", why, ", and giving up" if refused else "")
         else:
-            self.logger.error("%s; running as a network of our own", why)
+            self.logger.error("%s; running as a network of our own, and trying again", why)
+            self.schedule_reconnect()
 
-    def settle_held_departure(self, host_id: int) -> None:
-        """A held host registers again: announce the old link's departure now, so the new one starts clean."""
-        host = self.hosts_db.get(host_id)
-        if host is not None and host.first_link_id is not None:
-            self.timers.fire_now(("hold", host.first_link_id))
+    # ---------------------------------------------------------------------------- ours: the uplink
+
+    def schedule_reconnect(self) -> None:
+        """Try the lost uplink again: the first time within reconnect_first seconds, then twice as long
+        after each failure up to reconnect_max, each wait between half and all of that (jitter, so that
+        servers cut off together do not all come back at once)."""
+        delay = min(self.reconnect_max, self.reconnect_first * 2 ** self.reconnect_tries) * random.uniform(0.5, 1)
+        self.reconnect_tries += 1
+        self.logger.debug("trying %s:%s again in %.1f s (try %d)", self.connect_to_host, self.connect_to_port,
+                          delay, self.reconnect_tries)
+        self.timers.start(("reconnect", None), delay, self.reconnect_now)
+
+    def reconnect_now(self) -> None:
+        """Open the uplink again, without waiting: the connection completes on a write event."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        error = sock.connect_ex((self.connect_to_host_addr or "localhost", int(self.connect_to_port or 0)))
+        if error not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
+            sock.close()
+            self.logger.debug("could not reach %s:%s: %s", self.connect_to_host, self.connect_to_port,
+                              os.strerror(error))
+            self.schedule_reconnect()
+            return
+        link = self.uplink = self.open_link(sock, outbound=True, connecting=True)
+        link.write_buffer += ServerRegistrationMessage.bytes(self.id, 0, self.server_name, self.server_info)
+
+    def finish_connecting(self, link: Link) -> None:
+        error = link.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if error:
+            self.disconnect(link, f"could not reach {self.connect_to_host}:{self.connect_to_port}:"
+                                  f" {os.strerror(error)}")  # the next try is scheduled there
+            return
+        self.logger.info("joined %s:%s again after %d tr%s", self.connect_to_host, self.connect_to_port,
+                         self.reconnect_tries, "y" if self.reconnect_tries == 1 else "ies")
+        self.reconnect_tries = 0
+        link.connected()
+        self.flush(link)  # our registration
 
     def say_goodbye(self) -> None:
         """Announce this server's departure to its neighbour servers, waiting briefly for it to leave."""
@@ -864,7 +954,7 @@ class CRCServer:
             return False
         try:
             links = list(self.links)
-            if any(link.write_buffer or link.cutter.pending or link.state == PAUSED for link in links):
+            if any(link.write_buffer or link.cutter.pending or link.state in (PAUSED, CONNECTING) for link in links):
                 return False
             poller = select.poll()
             sockets = [link.sock for link in links] + ([self.server_socket] if self.server_socket else [])
@@ -884,7 +974,7 @@ class CRCServer:
 
     def held_links(self) -> List[int]:
         """The ids of the adjacent hosts whose links were lost and whose departure waits for the hold-down."""
-        return [key[1] for key in list(self.timers.due) if key[0] == "hold"]
+        return [key[1].record.id for key in list(self.timers.due) if key[0] == "hold"]
 
 
 # --------------------------------------------------------------------------- under the template
@@ -978,7 +1068,7 @@ class Link:
     """
 
     def __init__(self, sock: socket.socket, sel: selectors.BaseSelector, record: BaseConnectionData,
-                 outbound: bool, max_frame_size: int) -> None:
+                 outbound: bool, max_frame_size: int, connecting: bool = False) -> None:
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         keep_alive(sock)
@@ -989,8 +1079,8 @@ class Link:
         self.cutter = FrameCutter(max_frame_size)
         self.write_buffer = record.write_buffer
         record.link = self
-        self.state = OPEN
-        self.waits_for_writable = False  # the socket took less than we had: send the rest on a write event
+        self.state = CONNECTING if connecting else OPEN
+        self.waits_for_writable = connecting  # the socket took less than we had, or is not connected yet
         self.interest = 0  # the selector events registered for the socket now (0: not registered)
         self.held_back: List[Link] = []  # links paused until this one's output drains
         self.update_interest()
@@ -1019,6 +1109,10 @@ class Link:
         self.waits_for_writable = bool(self.write_buffer)
         self.update_interest()
         return sent
+
+    def connected(self) -> None:
+        self.state = OPEN
+        self.update_interest()
 
     def wait_for_writable(self) -> None:
         self.waits_for_writable = True
@@ -1076,16 +1170,13 @@ class RoutingTable:
         host.first_link_id = host.id
         self.hosts_db[host.id] = host
         adjacent = self.adjacent_server_ids if isinstance(host, ServerConnectionData) else self.adjacent_user_ids
-        adjacent.append(host.id)
+        if host.id not in adjacent:  # a neighbour back within the hold-down is in the list already
+            adjacent.append(host.id)
 
     def add_behind(self, host: HostData, first_link_id: int) -> None:
         host.first_link_id = first_link_id
         host.link = self.hosts_db[first_link_id].link
         self.hosts_db[host.id] = host
-
-    def behind(self, first_link_id: int) -> List[HostData]:
-        """Every host reached through one adjacent host, that host included."""
-        return [host for host in self.hosts_db.values() if host.first_link_id == first_link_id]
 
     def clients(self) -> List[ClientConnectionData]:
         return [host for host in self.hosts_db.values() if isinstance(host, ClientConnectionData)]
@@ -1187,6 +1278,14 @@ def parse_arguments(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--alone-if-join-fails", dest="alone_if_join_fails", action="store_true",
                         help="if the server to join cannot be reached or refuses us, start a network of our own"
                              " instead of stopping with an error")
+    parser.add_argument("--no-reconnect", dest="reconnect", action="store_false",
+                        help="do not open the link to the server we joined again when it is lost")
+    parser.add_argument("--reconnect-first", dest="reconnect_first", type=number(float, 0.01, 3600, " s"),
+                        default=DEFAULT_RECONNECT_FIRST, metavar="SECONDS",
+                        help="try a lost link again within this long (default %(default)g) ...")
+    parser.add_argument("--reconnect-max", dest="reconnect_max", type=number(float, 0.01, 3600, " s"),
+                        default=DEFAULT_RECONNECT_MAX, metavar="SECONDS",
+                        help="... then twice as long after each failed try, up to this (default %(default)g)")
     parser.add_argument("--bind", default="", help="address to listen on (default: all interfaces)")
     parser.add_argument("--log-file", dest="log_file",
                         help="also write the log to this file (a relative path is in Logs/ beside this server)")
@@ -1223,8 +1322,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         server.announce_departure = True  # unlike request_terminate alone, a signal says goodbye
         server.request_terminate = True
 
+    def show_state(signal_number: int, _frame: object) -> None:
+        server.logger.info("hosts %s; neighbour servers %s; clients here %s", sorted(server.hosts_db),
+                           server.adjacent_server_ids, server.adjacent_user_ids)
+
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
+    if hasattr(signal, "SIGUSR1"):
+        signal.signal(signal.SIGUSR1, show_state)  # kill -USR1 PID: what this server knows, in its log
     try:
         server.run()
     except OSError as error:
