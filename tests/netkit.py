@@ -174,6 +174,7 @@ class ServerProcess:
     def _drain(self) -> None:
         for line in self.process.stderr:
             self.log.append(line)
+        self.process.stderr.close()  # at its end: a test that restarts servers must not pile up pipes
 
     def stop(self, how: int = signal.SIGKILL) -> None:
         self.process.send_signal(how)
