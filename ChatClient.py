@@ -90,6 +90,7 @@ class CRCClient:
         self.connected_user_ids: Dict[int, str] = {}
         self.status_updates_log: List[str] = []
         self.chat_messages_log: List[str] = []
+        self.unexpected_messages_log: List[str] = []  # what servers must never send a client (ours, not the course's)
         self.request_terminate = False
         self.connected = False
         self.disconnect_reason: Optional[str] = None  # why the listener stopped
@@ -151,13 +152,13 @@ class CRCClient:
         return self._send(ClientQuitMessage.bytes(self.id, text), "quit")
 
     def is_quiet(self) -> bool:
-        """True when nothing more is on its way to this client as far as it can tell: it has been
-        answered (welcomed or refused) and has nothing unread, not even part of a message. Safe to
-        call from another thread."""
+        """True when nothing is on its way to this client as far as it can tell: nothing unread, not
+        even part of a message. (Its registration, sent before run() returns, is unread at the server
+        until handled, so the server is not quiet meanwhile.) Safe to call from another thread."""
         turn = self.busy_turns
         if not self.connected:
             return True
-        if turn % 2 or not self.status_updates_log or self._decoder.pending or self._socket is None:
+        if turn % 2 or self._decoder.pending or self._socket is None:
             return False
         try:
             poller = select.poll()  # unlike select.select, not limited to descriptors below 1024
@@ -252,6 +253,7 @@ class CRCClient:
             self.status_updates_log.append(message.content)
             self.logger.info("status %d from %d: %r", message.status_code, message.source_id, message.content)
         else:  # server registrations and quits are for servers only
+            self.unexpected_messages_log.append(f"{type(message).__name__} from {message.source_id}")
             self.logger.warning("ignoring a %s from %d: servers never send those to clients",
                                 type(message).__name__, message.source_id)
             return

@@ -106,9 +106,11 @@ ACCEPT_PAUSE = 0.5  # seconds the listening socket rests when this process is ou
 HIGH_WATER = 1024 * 1024  # a server link with more unsent output pauses the links that feed it ...
 LOW_WATER = 256 * 1024  # ... until it is down to this
 RECEIVE_SIZE = 256 * 1024  # one read per ready link per loop turn, so that no peer can starve the others
-SELECT_TIMEOUT = 0.1  # request_terminate must be noticed within about 0.1 s
+SELECT_TIMEOUT = 0.1  # request_terminate must be noticed within about 0.1 s (setting it also wakes the loop)
 KEEPALIVE_IDLE = 10  # seconds a link may be silent before the kernel starts probing whether its peer is there
 KEEPALIVE_INTERVAL = 5  # seconds between probes; three unanswered probes and the link fails
+
+WAKE_UP = "wake up"  # the selector's data for the socket that wakes the loop (see CRCServer.request_terminate)
 
 # How a registration fits what a server knows (see CRCServer.place).
 NEW, AGAIN, BACK, TAKEN = "new", "again", "back", "taken"
@@ -211,6 +213,11 @@ def parse_message(frame: bytes) -> Message:
 class CRCServer:
     def __init__(self, options: object, run_on_localhost: bool = False) -> None:
         self.sel = selectors.DefaultSelector()
+        # A byte on this pair wakes the loop from select() at once when request_terminate is set, so that
+        # a test manager stopping eleven servers one after another does not wait a turn for each.
+        self.wake_reader, self.waker = socket.socketpair()
+        self.wake_reader.setblocking(False)
+        self.sel.register(self.wake_reader, selectors.EVENT_READ, WAKE_UP)
         self.hosts_db: Dict[int, HostData] = {}
         self.adjacent_server_ids: List[int] = []
         self.adjacent_user_ids: List[int] = []
@@ -224,7 +231,7 @@ class CRCServer:
         # the name is resolved when connecting.
         self.connect_to_host_addr: Optional[str] = "127.0.0.1" if run_on_localhost else self.connect_to_host
         self.connect_to_port: Optional[int] = getattr(options, "connect_to_port", None)
-        self.request_terminate = False
+        self.request_terminate = False  # a property: setting it wakes the loop (see request_terminate)
         self.message_handlers: Dict[int, Handler] = {
             SERVER_REGISTRATION: self.handle_server_registration_message,
             STATUS_UPDATE: self.handle_status_message,
@@ -272,6 +279,19 @@ class CRCServer:
         self.receive_buffer = bytearray(RECEIVE_SIZE)  # one reused buffer: a fresh one per read costs an mmap
         self.receive_view = memoryview(self.receive_buffer)
         self.bound_handlers = dict(self.message_handlers)  # what follow_replaced_handlers() last put there
+
+    @property
+    def request_terminate(self) -> bool:
+        return self.terminate_requested
+
+    @request_terminate.setter
+    def request_terminate(self, value: bool) -> None:
+        self.terminate_requested = value
+        if value:
+            try:
+                self.waker.send(b"!")
+            except OSError:  # closed by cleanup(), or its buffer full of wake-ups already
+                pass
 
     # ----------------------------------------------------------------------------- the template
 
@@ -340,6 +360,8 @@ class CRCServer:
         if self.server_socket is not None:
             self.server_socket.close()
         self.sel.close()
+        self.wake_reader.close()
+        self.waker.close()
         self.listening = False
         self.logger.info("%s stopped", self.server_name)
         for handler in self.logger.handlers:
@@ -448,6 +470,7 @@ class CRCServer:
             raise ProtocolViolation("a client may not register a server")
         if server_id == 0:
             raise ProtocolViolation("id 0 is not a valid machine id")
+        self.check_last_hop(record, message.last_hop_id)
         server = ServerConnectionData(server_id, message.server_name, message.server_info)
         server.registration = self.relayed(message.bytes)
         if self.place(server_id, record) == TAKEN:
@@ -496,6 +519,7 @@ class CRCServer:
             raise ProtocolViolation("a client registers once, and only itself")
         if client_id == 0:
             raise ProtocolViolation("id 0 is not a valid machine id")
+        self.check_last_hop(record, message.last_hop_id)
         client = ClientConnectionData(client_id, message.client_name, message.client_info)
         client.registration = self.relayed(message.bytes)
         if self.place(client_id, record) == TAKEN:
@@ -616,6 +640,12 @@ class CRCServer:
                                 self.describe(record), source_id)
             return False
         raise ProtocolViolation("a peer must register before anything else")
+
+    def check_last_hop(self, record: ConnectionData, last_hop_id: int) -> None:
+        """Whoever passes a registration on puts its own id as its last hop: a neighbour's must be its."""
+        if type(record) is ServerConnectionData and last_hop_id != record.id:
+            raise ProtocolViolation(f"a registration passed on by {record.id} must carry {record.id} as its last"
+                                    f" hop, not {last_hop_id}")
 
     def place(self, host_id: int, record: ConnectionData) -> str:
         """How a registration for `host_id`, arriving on `record`'s link, fits what we know: NEW, AGAIN
@@ -923,6 +953,9 @@ class CRCServer:
         self.busy_turns += 1
         try:
             for io_device, event_mask in events:
+                if io_device.data is WAKE_UP:
+                    self.wake_reader.recv(4096)  # the loop's condition says why it was woken
+                    continue
                 link = io_device.data.link if io_device.data is not None else None
                 self.guarded(link, self.handle_io_device_events, io_device, event_mask)
             for key in self.timers.due_now():

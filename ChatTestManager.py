@@ -47,12 +47,13 @@ import shutil
 import signal
 import sys
 import sysconfig
+import tempfile
 import threading
 import time
 import traceback
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType, ModuleType
 from typing import Any, Callable, Dict, List, Optional, Set, Tuple
@@ -72,8 +73,10 @@ from Testers.commands import CaseError, LaunchClient, LaunchServer, parse_comman
 from Testers.drawing import MachineView, draw_network  # noqa: E402
 from Testers.keys import keys_for  # noqa: E402
 from Testers.lint import lint  # noqa: E402
+from Testers.mutants import MUTANTS, write_mutants  # noqa: E402
 from Testers.ports import PortMap, port_block  # noqa: E402
 from Testers.quiet import WaitRecord, can_report_quiet, wait_until_quiet  # noqa: E402
+from Testers.record import record  # noqa: E402
 from Testers.reports import write_gradescope, write_junit  # noqa: E402
 from Testers.trace import TraceCapture, capture_stdout  # noqa: E402
 
@@ -179,6 +182,7 @@ class CaseResult:
     unchecked: List[str] = field(default_factory=list)  # with --as-course, the keys it left unchecked
     exception: Optional[BaseException] = None  # the first exception a machine raised, if any
     logs: List[Path] = field(default_factory=list)  # the case's log file, and the folder of its machines' logs
+    observed: Optional[Dict[str, Dict[str, Any]]] = None  # each machine's keys at the end, if the run completed
 
     @property
     def passed(self) -> bool:
@@ -512,9 +516,11 @@ def run_case(path: Path, settings: Optional[Settings] = None) -> CaseResult:
     drawing = run.draw() if problems and run.machines else ""
     exceptions = run.exceptions + thread_errors.exceptions
     log_file = Path(settings.logs_dir) / f"{case.name}.log"
+    completed = not (worker.is_alive() or run.crashes or thread_errors.errors or exceptions)
     result = CaseResult(case.name, FAILED if problems else PASSED, time.monotonic() - started, problems,
                         case.weight, case.family, drawing, list(run.waits), [str(finding) for finding in findings],
-                        run.unchecked, exceptions[0] if exceptions else None, [log_file, log_dir])
+                        run.unchecked, exceptions[0] if exceptions else None, [log_file, log_dir],
+                        run.observed_state() if completed else None)
     _write_log(log_file, case, settings, run, result, trace)
     return result
 
@@ -583,6 +589,20 @@ def print_table(results: List[CaseResult]) -> None:
     print(summary, flush=True)
 
 
+def record_cases(paths: List[Path], settings: Settings, keys_only: bool) -> int:
+    """--record: write what our server's network really ends in into each case file; 1 if any is refused."""
+    def observe(path: Path) -> Tuple[Optional[Dict[str, Dict[str, Any]]], str]:
+        result = run_case(path, settings)
+        return result.observed, result.explanation
+
+    refused = 0
+    for path in paths:
+        written, what = record(path, observe, keys_only)
+        refused += not written
+        print(f"{'ok     ' if written else 'REFUSED'}  {path.stem}: {what}", flush=True)
+    return 1 if refused else 0
+
+
 def list_cases(paths: List[Path]) -> None:
     for path in paths:
         try:
@@ -636,6 +656,16 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--list", action="store_true", help="list the cases and exit")
     parser.add_argument("--lint", action="store_true",
                         help="read each case against its own commands, report every mistake, and exit")
+    parser.add_argument("--record", action="store_true",
+                        help="run the cases named (twice each, with our server) and write the final state they"
+                             " end in into each file")
+    parser.add_argument("--record-keys-only", action="store_true",
+                        help="with --record, only the keys each file already names")
+    parser.add_argument("--mutants", action="store_true",
+                        help="run the cases against each mutant of our server (a deliberate bug each) and show"
+                             " which cases catch which")
+    parser.add_argument("--require-kill", action="store_true",
+                        help="with --mutants, exit 1 when a mutant passes every case")
     parser.add_argument("--as-course", action="store_true",
                         help="grade exactly as the course's checker does: only its keys, machines it cannot find"
                              " skipped, no lint")
@@ -676,12 +706,20 @@ def _start_worker(slots: Any, count: int, port_range: Optional[Tuple[int, int]])
 
 def run_cases(paths: List[Path], settings: Settings, jobs: int) -> List[CaseResult]:
     """Run the cases, `jobs` at a time, reporting each as it finishes; the results in case order."""
+    return run_all([(path, settings) for path in paths], jobs, lambda index, result: report(result))
+
+
+def run_all(work: List[Tuple[Path, Settings]], jobs: int,
+            done: Callable[[int, CaseResult], None]) -> List[CaseResult]:
+    """Run each case with its settings, `jobs` at a time in worker processes (or, with one job, in this
+    process), calling `done` with each result's place in `work` as it comes; the results in that order."""
+    jobs = min(jobs, len(work))
     if jobs == 1:
-        ports.block = port_block(0, 1, settings.ports)
+        ports.block = port_block(0, 1, work[0][1].ports)
         results = []
-        for path in paths:
+        for index, (path, settings) in enumerate(work):
             results.append(run_case(path, settings))
-            report(results[-1])
+            done(index, results[-1])
         return results
     # spawn, not fork: a fork of a process with threads (pytest's, an abandoned case's) can deadlock.
     context = multiprocessing.get_context("spawn")
@@ -689,23 +727,71 @@ def run_cases(paths: List[Path], settings: Settings, jobs: int) -> List[CaseResu
     for slot in range(jobs):
         slots.put(slot)
     finished: Dict[int, CaseResult] = {}
-    with ProcessPoolExecutor(jobs, context, _start_worker, (slots, jobs, settings.ports)) as pool:
+    with ProcessPoolExecutor(jobs, context, _start_worker, (slots, jobs, work[0][1].ports)) as pool:
         futures: Dict[Future[CaseResult], int] = {pool.submit(run_case, path, settings): index
-                                                  for index, path in enumerate(paths)}
+                                                  for index, (path, settings) in enumerate(work)}
         try:
             for future in as_completed(futures):
                 index = futures[future]
                 try:
                     result = future.result()
                 except BrokenProcessPool as error:  # a worker died (a submission called os._exit, say)
-                    result = CaseResult(paths[index].stem, FAILED, 0.0, [f"error: the worker process died: {error}"],
-                                        declared_weight(paths[index]))
+                    path = work[index][0]
+                    result = CaseResult(path.stem, FAILED, 0.0, [f"error: the worker process died: {error}"],
+                                        declared_weight(path))
                 finished[index] = result
-                report(result)
+                done(index, result)
         except KeyboardInterrupt:
             pool.shutdown(cancel_futures=True)  # the cases under way finish; the queued ones never start
             raise
-    return [finished[index] for index in range(len(paths))]
+    return [finished[index] for index in range(len(work))]
+
+
+def run_mutants(paths: List[Path], settings: Settings, jobs: int, require_kill: bool) -> int:
+    """--mutants: every case against every mutant of our server (Testers/mutants.py), then a matrix of
+    which cases catch which mutants, the score each mutant would get, and the mutants no case catches.
+    With require_kill, 1 when a mutant survives."""
+    with tempfile.TemporaryDirectory(prefix="crc-mutants-") as folder:
+        servers = write_mutants(DEFAULT_SERVER, Path(folder))
+        work = [(path, replace(settings, server_path=servers[mutant.name],
+                               logs_dir=Path(settings.logs_dir) / "mutants" / mutant.name))
+                for mutant in MUTANTS for path in paths]
+        left = {mutant.name: len(paths) for mutant in MUTANTS}
+
+        def done(index: int, result: CaseResult) -> None:
+            mutant = MUTANTS[index // len(paths)]
+            left[mutant.name] -= 1
+            if not left[mutant.name]:
+                print(f"  {mutant.name}: all {len(paths)} case(s) run", flush=True)
+
+        print(f"Running {len(paths)} case(s) against each of {len(MUTANTS)} mutants of our server:"
+              f" {len(work)} runs, {min(jobs, len(work))} at a time", flush=True)
+        results = run_all(work, jobs, done)
+    return print_mutant_matrix(paths, results, require_kill)
+
+
+def print_mutant_matrix(paths: List[Path], results: List[CaseResult], require_kill: bool) -> int:
+    columns = ["_".join(path.stem.split("_")[:2]) for path in paths]
+    width = max(len(mutant.name) for mutant in MUTANTS)
+    total = sum(declared_weight(path) for path in paths)
+    print("\nMutants by cases (X: the case fails, so it catches the mutant; .: the mutant passes it)")
+    print(f"{'':<{width}}  " + " ".join(f"{column:>4}" for column in columns) + "   score")
+    survivors = []
+    for number, mutant in enumerate(MUTANTS):
+        row = results[number * len(paths):(number + 1) * len(paths)]
+        marks = ["X" if result.status == FAILED else "." for result in row]
+        score = sum(result.score for result in row)
+        print(f"{mutant.name:<{width}}  " + " ".join(f"{mark:>4}" for mark in marks) + f"   {_points(score)}/"
+              f"{_points(total)}", flush=True)
+        if "X" not in marks:
+            survivors.append(mutant)
+    if survivors:
+        print("\nMutants no case catches:")
+        for mutant in survivors:
+            print(f"  {mutant.name} ({mutant.part}): {mutant.bug}")
+    else:
+        print(f"\nEvery one of the {len(MUTANTS)} mutants is caught by at least one case.")
+    return 1 if survivors and require_kill else 0
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -729,6 +815,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     if args.lint:
         return lint_cases(paths)
+    if args.record:
+        if not args.names:
+            print("error: --record needs the cases to record, by name or file", file=sys.stderr)
+            return 2
+        ports.block = port_block(0, 1, args.ports)
+        return record_cases(paths, Settings(logs_dir=args.logs, slow=args.slow, timeout=args.timeout),
+                            args.record_keys_only)
     try:
         load_server_module(args.server)
     except Exception as error:  # whatever a submission raises on import: one line, not a traceback of ours
@@ -742,6 +835,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     settings = Settings(args.server, args.slow, args.timeout, args.keep_ports, args.logs, args.strict_waits,
                         args.as_course, ports=args.ports)
     jobs = 1 if args.keep_ports else min(args.jobs, len(paths))  # cases as written share their ports
+    if args.mutants:
+        return run_mutants(paths, settings, 1 if args.keep_ports else args.jobs, args.require_kill)
     started = time.monotonic()
     try:
         results = run_cases(paths, settings, jobs)

@@ -47,6 +47,8 @@ KEYS = [
     Key("connected_user_ids", "client", "knows", course_checks=True, holds_ids=True, drawn=True),
     Key("status_updates_log", "client", "statuses", course_checks=True, holds_ids=False),
     Key("chat_messages_log", "client", "chats", course_checks=True, holds_ids=False),
+    # Ours: what a client got that servers must never send it (a server registration or quit), by type.
+    Key("unexpected_messages_log", "client", "unexpected", course_checks=False, holds_ids=False),
 ]
 
 

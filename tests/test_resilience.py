@@ -28,6 +28,7 @@ from ChatMessageParser import (
     ServerRegistrationMessage,
     StatusUpdateMessage,
 )
+from ChatServer import WAKE_UP
 
 pytestmark = pytest.mark.timeout(90)
 ROOT = Path(__file__).resolve().parent.parent
@@ -348,7 +349,8 @@ def test_a_neighbour_that_says_goodbye_is_closed_and_leaves_the_loop_quiet(netwo
     neighbour.send(ServerQuitMessage.bytes(9, 0, "good night"))
     neighbour.close()
     wait_for(lambda: a.is_quiet() and 9 not in a.hosts_db, "A to forget the neighbour and go quiet")
-    assert len(a.sel.get_map()) == 1, "only the listening socket should be left"
+    watched = {key.data for key in a.sel.get_map().values()}
+    assert watched == {None, WAKE_UP} and not a.links, f"only the listening and waking sockets should be left: {watched}"
 
 
 def test_a_peer_refused_while_not_reading_is_closed_after_a_grace(network):

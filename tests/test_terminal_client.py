@@ -66,7 +66,12 @@ class Terminal:
         wait_until(seen, lambda: f"expected {self.name}'s screen to show {text!r} {count} time(s); it shows:\n{self.transcript}")
 
     def type(self, line: str) -> None:
-        self.child.sendline(line)
+        # In pieces, reading the screen between them: the terminal echoes what is typed, and a long line's
+        # echo, unread, would fill the pseudo-terminal and stop the program from reading what is typed.
+        for start in range(0, len(line), 1000):
+            self.child.send(line[start:start + 1000])
+            self._read()
+        self.child.sendline("")
 
     def wait_for_exit(self) -> int:
         def ended() -> bool:

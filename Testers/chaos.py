@@ -1,0 +1,167 @@
+"""--chaos SEED: every connection to a server passes through a relay that cuts, glues and delays.
+
+A real network promises a byte stream, not messages: one `recv` may hold half a message, or three. A
+server that trusts one `recv` to hold exactly one message passes on loopback, where a small message
+usually arrives whole, and fails elsewhere. The relay makes that visible. For each connection to the
+server it stands before, it cuts what one side sends into pieces of random size (single bytes
+included), delays each piece by up to MAX_DELAY, and sends the pieces that are due together as one
+write (so messages are also glued). Sizes and delays come from a random generator seeded with SEED, the
+case and the connection, so that the same seed cuts the same streams the same way.
+
+A relay reports whether it is quiet like a server does (`is_quiet`, `busy_turns`), so quiet waits see the
+bytes it holds.
+"""
+
+from __future__ import annotations
+
+import random
+import select
+import selectors
+import socket
+import threading
+import time
+from collections import deque
+from typing import Deque, Dict, List, Optional, Tuple
+
+MAX_DELAY = 0.003  # seconds a piece may wait in the relay
+SINGLE_BYTES = 0.3  # the share of pieces cut to a single byte
+POLL_SECONDS = 0.05  # how long the relay's loop sleeps when nothing is due
+
+
+class Pipe:
+    """One direction of one connection: what `source` sends, in pieces, for `target`."""
+
+    def __init__(self, source: socket.socket, target: socket.socket, rng: random.Random) -> None:
+        self.source = source
+        self.target = target
+        self.rng = rng
+        self.pieces: Deque[Tuple[float, bytes]] = deque()  # (when it is due, bytes), in order
+        self.ended = False  # the source closed: close the connection once the pieces are out
+        self.partner: Optional[Pipe] = None  # the other direction of the same connection
+
+    def cut(self, data: bytes) -> None:
+        due = max(time.monotonic(), self.pieces[-1][0] if self.pieces else 0.0)
+        while data:
+            size = 1 if self.rng.random() < SINGLE_BYTES else self.rng.randint(1, len(data))
+            due += self.rng.uniform(0, MAX_DELAY)
+            self.pieces.append((due, data[:size]))
+            data = data[size:]
+
+    def send_due(self, now: float) -> None:
+        """Everything due, glued into one write."""
+        due = []
+        while self.pieces and self.pieces[0][0] <= now:
+            due.append(self.pieces.popleft()[1])
+        if due:
+            self.target.sendall(b"".join(due))
+
+
+class ChaosRelay:
+    """Listens on a port of its own and relays each connection to `target_port`, in a thread."""
+
+    def __init__(self, target_port: int, seed: str) -> None:
+        self.target_port = target_port
+        self.seed = seed
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.setblocking(False)
+        self.port = int(self.listener.getsockname()[1])
+        self.sel = selectors.DefaultSelector()
+        self.sel.register(self.listener, selectors.EVENT_READ, None)
+        self.pipes: Dict[socket.socket, Pipe] = {}  # by source socket
+        self.connections = 0
+        self.busy_turns = 0  # +1 as a busy turn starts and +1 as it ends (see is_quiet)
+        self.stopping = False
+        self.thread = threading.Thread(target=self.run, name=f"chaos relay to {target_port}", daemon=True)
+        self.thread.start()
+
+    def run(self) -> None:
+        try:
+            while not self.stopping:
+                due = [pipe.pieces[0][0] for pipe in list(self.pipes.values()) if pipe.pieces]
+                timeout = max(0.0, min(due) - time.monotonic()) if due else POLL_SECONDS
+                events = self.sel.select(min(timeout, POLL_SECONDS))
+                if not events and not due:
+                    continue
+                self.busy_turns += 1
+                try:
+                    self.turn(events)
+                finally:
+                    self.busy_turns += 1
+        finally:
+            for sock in [self.listener, *self.pipes]:
+                sock.close()
+            self.sel.close()
+
+    def turn(self, events: List[Tuple[selectors.SelectorKey, int]]) -> None:
+        for key, _ in events:
+            if key.data is None:
+                self.accept()
+                continue
+            pipe: Pipe = key.data
+            try:
+                data = pipe.source.recv(65536)
+            except OSError:
+                data = b""
+            if data:
+                pipe.cut(data)
+            else:
+                pipe.ended = True
+                self.sel.unregister(pipe.source)  # at its end: not to be read again
+        now = time.monotonic()
+        for pipe in list(self.pipes.values()):
+            try:
+                pipe.send_due(now)
+            except OSError:
+                pipe.pieces.clear()
+                pipe.ended = True
+            if pipe.ended and not pipe.pieces:
+                self.close(pipe)
+
+    def accept(self) -> None:
+        try:
+            near, _ = self.listener.accept()
+        except OSError:
+            return
+        try:
+            far = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
+        except OSError:
+            near.close()
+            return
+        self.connections += 1
+        rng = random.Random(f"{self.seed}/{self.target_port}/{self.connections}")
+        pipes = [Pipe(near, far, rng), Pipe(far, near, rng)]
+        pipes[0].partner, pipes[1].partner = pipes[1], pipes[0]
+        for pipe in pipes:
+            pipe.source.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            pipe.source.settimeout(5)  # a side that takes nothing for this long fails the connection
+            self.pipes[pipe.source] = pipe
+            self.sel.register(pipe.source, selectors.EVENT_READ, pipe)
+
+    def close(self, pipe: Pipe) -> None:
+        """A side closed, and what it sent is through: the other side sees the connection close."""
+        for each in (pipe, pipe.partner):
+            if each is not None and self.pipes.pop(each.source, None) is not None:
+                if not each.ended:
+                    self.sel.unregister(each.source)
+                each.source.close()
+
+    def is_quiet(self) -> bool:
+        """True when the relay holds no bytes and has nothing to read or accept."""
+        turn = self.busy_turns
+        if turn % 2:
+            return False
+        try:
+            pipes = list(self.pipes.values())
+            if any(pipe.pieces for pipe in pipes):
+                return False
+            poller = select.poll()
+            for sock in [self.listener] + [pipe.source for pipe in pipes if not pipe.ended]:
+                poller.register(sock, select.POLLIN)
+            ready = poller.poll(0)
+        except (RuntimeError, ValueError, OSError):
+            return False
+        return not ready and self.busy_turns == turn
+
+    def stop(self, timeout: Optional[float] = 2.0) -> None:
+        self.stopping = True
+        self.thread.join(timeout)
