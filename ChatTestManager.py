@@ -68,10 +68,11 @@ import ChatClient  # noqa: E402
 import ChatMessageParser  # noqa: E402,F401
 from Testers import ports, tester_class  # noqa: E402
 from Testers.cases import Case, declared_weight, load_case, select_cases  # noqa: E402
+from Testers.chaos import ChaosRelay  # noqa: E402
 from Testers.checker import check_final_state  # noqa: E402
 from Testers.commands import CaseError, LaunchClient, LaunchServer, parse_command, split_arguments  # noqa: E402,F401
 from Testers.drawing import MachineView, draw_network  # noqa: E402
-from Testers.keys import keys_for  # noqa: E402
+from Testers.keys import CONNECTIVITY, keys_for  # noqa: E402
 from Testers.lint import lint  # noqa: E402
 from Testers.mutants import MUTANTS, write_mutants  # noqa: E402
 from Testers.ports import PortMap, port_block  # noqa: E402
@@ -100,7 +101,8 @@ def load_server_module(path: Path = DEFAULT_SERVER, parser: Optional[ModuleType]
 
     What it imports as ChatMessageParser is `parser` if given, else a ChatMessageParser.py beside it, as
     in the course's kit, else ours; that parser is in sys.modules only while the server module runs its
-    imports, so everything else keeps ours. A server loaded with a parser of its own is not cached.
+    imports, so everything else keeps ours. Other modules beside it are found too, while it loads. A
+    server loaded with a parser of its own is not cached.
     """
     path = Path(path).resolve()
     if parser is None and path in _loaded_servers:
@@ -111,6 +113,7 @@ def load_server_module(path: Path = DEFAULT_SERVER, parser: Optional[ModuleType]
     kit_parser = KIT_DIR / "ChatMessageParser.py"
     beside = path.with_name("ChatMessageParser.py")
     parser_path = beside if beside.is_file() and not beside.samefile(kit_parser) else kit_parser
+    sys.path.insert(0, str(path.parent))
     try:
         if parser is not None:
             sys.modules["ChatMessageParser"] = parser
@@ -118,6 +121,7 @@ def load_server_module(path: Path = DEFAULT_SERVER, parser: Optional[ModuleType]
             _exec_module("ChatMessageParser", parser_path)
         module = _exec_module("ChatServer", path)
     finally:
+        sys.path.remove(str(path.parent))
         for name, previous in saved.items():
             if previous is None:
                 sys.modules.pop(name, None)
@@ -166,6 +170,7 @@ class Settings:
     as_course: bool = False  # grade as the course's checker does: its keys only, no lint
     server_class: Optional[type] = None  # a CRCServer class to test instead of server_path's (in-process runs)
     ports: Optional[Tuple[int, int]] = None  # the ports the servers may use (low, high), shared among the workers
+    chaos: Optional[int] = None  # a seed: connections to servers pass through relays that cut, glue and delay
 
 
 @dataclass
@@ -235,6 +240,10 @@ class CaseRun:
         self.journal: List[str] = []  # what happened, for the log file
         self.waits: List[WaitRecord] = []
         self.stopped: Set[str] = set()  # machines stopped by a KILL: they take no part in quiet waits
+        # Under --chaos, the relay before each server, by the port written in the case. Not for a
+        # connectivity case, whose keys are the raw chunks that the relays would cut.
+        self.relays: Dict[int, ChaosRelay] = {}
+        self.chaos = settings.chaos if case.type != CONNECTIVITY else None
         self.step = "before the first command"
         self.aborted = threading.Event()
         self.started = time.monotonic()
@@ -276,7 +285,9 @@ class CaseRun:
     def launch_server(self, written: argparse.Namespace) -> None:
         options = argparse.Namespace(**vars(written))
         options.port = self.ports(written.port)
-        options.connect_to_port = self.ports(written.connect_to_port)
+        options.connect_to_port = self.port_to_reach(written.connect_to_port)
+        if self.chaos is not None:
+            self.relays[written.port] = ChaosRelay(options.port, f"{self.chaos}/{self.case.name}/{written.port}")
         options.log_file = self.log_path(written.log_file, written.servername)
         self.note(f"    {written.servername}: port {options.port}, connects to {options.connect_to_port}")
         server = self.server_class(options, run_on_localhost=True)
@@ -290,12 +301,17 @@ class CaseRun:
 
     def launch_client(self, written: argparse.Namespace) -> None:
         options = argparse.Namespace(**vars(written), simulate=True, verbose=False, debug=False)
-        options.serverport = self.ports(written.serverport)
+        options.serverport = self.port_to_reach(written.serverport)
         options.log_file = self.log_path(written.log_file, written.username)
         self.note(f"    {written.username}: server port {options.serverport}")
         client = ChatClient.CRCClient(options, run_on_localhost=True)
         self.machines[written.username] = ("client", client)
         client.run()
+
+    def port_to_reach(self, written: Optional[int]) -> Optional[int]:
+        """Where a machine connects to reach the server on a port the case names: its relay, under chaos."""
+        relay = self.relays.get(written) if written is not None else None
+        return relay.port if relay is not None else self.ports(written)
 
     def client(self, name: str) -> Any:
         return self.machines[name][1]
@@ -315,7 +331,8 @@ class CaseRun:
                 why = f"full time: server {mute[0]} cannot say whether it is quiet (no is_quiet() and busy_turns)"
             record = WaitRecord(seconds, time.monotonic() - started, why)
         else:
-            quiet, took = wait_until_quiet(running + list(self.clients.values()), seconds, self.aborted)
+            machines = running + list(self.clients.values()) + list(self.relays.values())
+            quiet, took = wait_until_quiet(machines, seconds, self.aborted)
             record = WaitRecord(seconds, took, "the network was quiet" if quiet else "the time ran out")
         self.waits.append(record)
         self.note(f"    {record.line}")
@@ -357,6 +374,8 @@ class CaseRun:
                 self.server_threads[name].join(2.0)
         for client in list(self.clients.values()):
             client.request_terminate = True
+        for relay in self.relays.values():
+            relay.stop(2.0 if join else None)
 
     def busy(self, worker: threading.Thread) -> List[str]:
         """At a time-out: each machine that was not quiet, and where its thread was."""
@@ -534,7 +553,8 @@ def _write_log(log_file: Path, case: Case, settings: Settings, run: CaseRun, res
         f"server   {server}",
         f"parser   {_server_parsers.get(Path(settings.server_path).resolve())} (what that server imported)",
         f"settings slow {settings.slow:g}, timeout {settings.timeout:g} s, keep ports {settings.keep_ports},"
-        f" strict waits {settings.strict_waits}, as the course {settings.as_course}",
+        f" strict waits {settings.strict_waits}, as the course {settings.as_course}, chaos"
+        f" {'seed ' + str(run.chaos) if run.chaos is not None else 'none'}",
         f"worker   process {os.getpid()}, port block {ports.block!r}",
         f"ports    {run.ports.ports or 'as written'}",
         f"logs     {run.log_dir}",
@@ -603,6 +623,24 @@ def record_cases(paths: List[Path], settings: Settings, keys_only: bool) -> int:
     return 1 if refused else 0
 
 
+def compare_without_chaos(results: List[CaseResult], paths: List[Path], settings: Settings, jobs: int) -> None:
+    """After a run under --chaos: run the cases that failed again without it, and say which fail only
+    under chaos (the server trusts one read to hold exactly one message, which networks do not promise)."""
+    failed = [path for path, result in zip(paths, results) if result.status == FAILED]
+    if not failed:
+        print("Under chaos every case that ran passed.")
+        return
+    print(f"\nRunning the {len(failed)} case(s) that failed under chaos again, without it:", flush=True)
+    again = run_all([(path, settings) for path in failed], jobs, lambda index, result: None)
+    only = [result.name for result in again if result.status == PASSED]
+    both = [result.name for result in again if result.status != PASSED]
+    if only:
+        print(f"Fail only under chaos ({len(only)}): {', '.join(only)} -- the server takes a read for a whole"
+              " message somewhere; a real network cuts and glues messages as the relays did")
+    if both:
+        print(f"Fail without chaos too ({len(both)}): {', '.join(both)}")
+
+
 def list_cases(paths: List[Path]) -> None:
     for path in paths:
         try:
@@ -666,6 +704,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                              " which cases catch which")
     parser.add_argument("--require-kill", action="store_true",
                         help="with --mutants, exit 1 when a mutant passes every case")
+    parser.add_argument("--chaos", type=int, metavar="SEED",
+                        help="pass every connection to a server through a relay that cuts the byte stream at"
+                             " random points, glues writes together and delays them, all drawn from SEED")
     parser.add_argument("--as-course", action="store_true",
                         help="grade exactly as the course's checker does: only its keys, machines it cannot find"
                              " skipped, no lint")
@@ -775,13 +816,13 @@ def print_mutant_matrix(paths: List[Path], results: List[CaseResult], require_ki
     width = max(len(mutant.name) for mutant in MUTANTS)
     total = sum(declared_weight(path) for path in paths)
     print("\nMutants by cases (X: the case fails, so it catches the mutant; .: the mutant passes it)")
-    print(f"{'':<{width}}  " + " ".join(f"{column:>4}" for column in columns) + "   score")
+    print(f"{'':<{width}}  " + " ".join(f"{column:>3}" for column in columns) + "   score")
     survivors = []
     for number, mutant in enumerate(MUTANTS):
         row = results[number * len(paths):(number + 1) * len(paths)]
         marks = ["X" if result.status == FAILED else "." for result in row]
         score = sum(result.score for result in row)
-        print(f"{mutant.name:<{width}}  " + " ".join(f"{mark:>4}" for mark in marks) + f"   {_points(score)}/"
+        print(f"{mutant.name:<{width}}  " + " ".join(f"{mark:>3}" for mark in marks) + f"   {_points(score)}/"
               f"{_points(total)}", flush=True)
         if "X" not in marks:
             survivors.append(mutant)
@@ -833,7 +874,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             write_gradescope(args.gradescope, failed, 0.0, problem)
         return 2
     settings = Settings(args.server, args.slow, args.timeout, args.keep_ports, args.logs, args.strict_waits,
-                        args.as_course, ports=args.ports)
+                        args.as_course, ports=args.ports, chaos=args.chaos)
     jobs = 1 if args.keep_ports else min(args.jobs, len(paths))  # cases as written share their ports
     if args.mutants:
         return run_mutants(paths, settings, 1 if args.keep_ports else args.jobs, args.require_kill)
@@ -845,6 +886,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 130
     seconds = time.monotonic() - started
     print_table(results)
+    if args.chaos is not None:
+        compare_without_chaos(results, paths, replace(settings, chaos=None), jobs)
     if args.gradescope:
         write_gradescope(args.gradescope, results, seconds)
     if args.junit:

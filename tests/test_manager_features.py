@@ -97,11 +97,7 @@ def test_a_wait_takes_its_full_time_while_the_network_is_not_quiet(tmp_path: Pat
         "WAIT 0.3",
         "KILL ALL",
     ], {"oak": {"hosts_db": []}})
-    sys.path.insert(0, str(server.parent))
-    try:
-        result = manager.run_case(case, manager.Settings(server_path=server, logs_dir=tmp_path / "Logs"))
-    finally:
-        sys.path.remove(str(server.parent))
+    result = manager.run_case(case, manager.Settings(server_path=server, logs_dir=tmp_path / "Logs"))
     assert result.passed, result.explanation
     assert [record.why for record in result.waits] == ["the time ran out"], result.waits
     assert result.waits[0].took >= 0.3, f"the WAIT ended before its 0.3 s: {result.waits[0]}"
@@ -418,11 +414,7 @@ def test_a_handlers_exception_appears_in_the_failing_tests_report(tmp_path: Path
     server.write_text(BUGGY_SERVER.replace("from ChatServer import", "from ChatServerBase import"))
     (server.parent / "ChatServerBase.py").write_text((ROOT / "ChatServer.py").read_text())
     case = write_case(tmp_path, "chat", chat_case(0.2), CHAT_STATE)
-    sys.path.insert(0, str(server.parent))
-    try:
-        result = manager.run_case(case, manager.Settings(server_path=server, logs_dir=tmp_path / "Logs"))
-    finally:
-        sys.path.remove(str(server.parent))
+    result = manager.run_case(case, manager.Settings(server_path=server, logs_dir=tmp_path / "Logs"))
     assert not result.passed
     text = result.explanation
     assert "logged an unexpected error: unexpected error while serving client ada (11)" in text, text
@@ -445,11 +437,7 @@ def test_a_time_out_names_the_machines_still_busy_and_where_they_are(tmp_path: P
     server.write_text(STUCK_SERVER)
     (server.parent / "ChatServerBase.py").write_text((ROOT / "ChatServer.py").read_text())
     case = write_case(tmp_path, "stuck", chat_case(0.2), CHAT_STATE)
-    sys.path.insert(0, str(server.parent))
-    try:
-        result = manager.run_case(case, manager.Settings(server_path=server, logs_dir=tmp_path / "Logs", timeout=1))
-    finally:
-        sys.path.remove(str(server.parent))
+    result = manager.run_case(case, manager.Settings(server_path=server, logs_dir=tmp_path / "Logs", timeout=1))
     text = result.explanation
     assert text.startswith("time limit: the test was still running"), text
     assert re.search(r"server oak: busy, in handle_client_chat_message \(ChatServer\.py, line 7\)", text), text
