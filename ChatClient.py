@@ -273,6 +273,7 @@ HELP = """Commands:
   any other line         send it to the last person you messaged
 Keys: arrows and the usual editing keys edit the line; up and down recall earlier lines."""
 NO_WELCOME_SECONDS = 5.0  # after connecting, say so if the server has not welcomed us by then
+WAKE_SECONDS = 0.1  # how often the listener wakes a main thread that has not noticed the connection ended
 SETTLE_SECONDS = 0.5  # at the end of piped input: leave once nothing has arrived for this long ...
 SETTLE_LIMIT_SECONDS = 5.0  # ... or after this long at most
 # C0 and C1 control characters and DEL: from another user, never for the terminal to interpret.
@@ -364,6 +365,7 @@ class TerminalChat:
         self.unfinished: Dict[int, List[str]] = {}  # sender -> the parts of a long chat so far
         self.last_event = time.monotonic()
         self.main_thread = threading.main_thread()
+        self.wakeable = False  # the main thread may be woken by ServerGone (it is in run()'s loop)
         client.on_event = self.on_event
 
     # --------------------------------------------------------------------- the network's side
@@ -387,12 +389,15 @@ class TerminalChat:
             self.screen.say(text)
 
     def on_disconnect(self) -> None:
-        """In the listener thread, once the connection has ended: tell the user, and wake the main thread."""
-        self.screen.say(f"Disconnected: {self.client.disconnect_reason}.")
-        if hasattr(signal, "pthread_kill") and hasattr(signal, "SIGUSR1"):
-            signal.pthread_kill(self.main_thread.ident or 0, signal.SIGUSR1)
-        else:  # no POSIX signals here: a KeyboardInterrupt is how the main thread can be woken
-            _thread.interrupt_main()
+        """In the listener thread, once the server has ended the connection: wake the main thread, which
+        may be waiting for the user's line, to say so and end. Again every WAKE_SECONDS until it has:
+        a signal that comes just before the main thread starts to wait does not interrupt the wait."""
+        while self.wakeable:
+            if hasattr(signal, "pthread_kill") and hasattr(signal, "SIGUSR1"):
+                signal.pthread_kill(self.main_thread.ident or 0, signal.SIGUSR1)
+            else:  # no POSIX signals here: a KeyboardInterrupt is how the main thread can be woken
+                _thread.interrupt_main()
+            time.sleep(WAKE_SECONDS)
 
     def warn_if_not_welcomed(self) -> None:
         if self.client.connected and not self.client.status_updates_log:
@@ -404,7 +409,8 @@ class TerminalChat:
     def run(self) -> int:
         """Returns the exit status: 0 after /quit or end of input, 1 if the server went away, 130 on Ctrl-C."""
         def server_gone(signal_number: int, frame: object) -> None:
-            raise ServerGone()
+            if self.wakeable:  # elsewhere the loop's own test of client.connected notices
+                raise ServerGone()
 
         if hasattr(signal, "SIGUSR1"):
             signal.signal(signal.SIGUSR1, server_gone)
@@ -415,24 +421,28 @@ class TerminalChat:
         self.screen.say(f"Connected to {self.client.server_host}:{self.client.server_port} as"
                         f" {printable(self.client.client_name)} (id {self.client.id}). Type /help for commands.")
         try:
-            while self.client.connected:
-                status = self.handle_line(self.screen.read_line())
-                if status is not None:
-                    return status
-            return 1
-        except EOFError:
-            self.settle()
-            return self.leave("")
+            self.wakeable = True
+            try:
+                while self.client.connected:
+                    status = self.handle_line(self.screen.read_line())
+                    if status is not None:
+                        return status
+            except EOFError:
+                self.settle()
+                return self.leave("")
         except ServerGone:
-            return 1
+            pass
         except KeyboardInterrupt:
-            if not self.client.connected:  # woken where there are no POSIX signals: the server went away
-                return 1
-            self.screen.say("")
-            self.leave("")
-            return 130
+            if self.client.connected:  # not woken because the server went away (no POSIX signals) but Ctrl-C
+                self.screen.say("")
+                self.leave("")
+                return 130
         finally:
+            self.wakeable = False
             welcome_check.cancel()
+        self.client.stop()  # the listener has ended, or ends now: its reason is final
+        self.screen.say(f"Disconnected: {self.client.disconnect_reason}.")
+        return 1
 
     def settle(self) -> None:
         """At the end of piped input: let the answers to what was sent arrive and be shown first."""
