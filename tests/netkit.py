@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import select
 import signal
 import socket
 import subprocess
@@ -102,27 +103,27 @@ class RawPeer:
         return peer
 
     def send(self, data: bytes, timeout: float = DEADLINE) -> None:
-        self.sock.settimeout(timeout)  # pump() leaves a short timeout behind; a big send needs longer
+        self.sock.settimeout(timeout)
         self.sock.sendall(data)
 
     def pump(self, wait: float = 0.05) -> None:
-        """Read whatever has arrived within `wait` seconds."""
-        self.sock.settimeout(wait)
+        """Read whatever arrives until `wait` seconds pass without a byte. The socket's timeout is left
+        alone, so that another thread may be sending on it meanwhile."""
+        poller = select.poll()
+        poller.register(self.sock, select.POLLIN)
         try:
-            while True:
+            while poller.poll(wait * 1000):
                 chunk = self.sock.recv(1 << 20)
                 if not chunk:
                     self.closed = True
                     return
                 self.messages += self.decoder.feed(chunk)
-        except (socket.timeout, BlockingIOError):
-            return
         except ConnectionResetError:
             self.closed = True
 
     def wait_for(self, condition: Callable[[List[Any]], Any], what: str, timeout: float = DEADLINE) -> Any:
         def check() -> Any:
-            self.pump()
+            self.pump(0.005)  # wait_for polls again: no need to linger once something came
             return condition(self.messages)
         try:
             return wait_for(check, what, timeout)

@@ -78,6 +78,26 @@ def test_a_wait_ends_as_soon_as_the_network_is_quiet(tmp_path: Path) -> None:
         f"the result's WAIT records {result.waits} differ from the log's {waits}"
 
 
+def test_a_quiet_wait_does_not_end_while_chats_sent_back_to_back_are_on_their_way(tmp_path: Path) -> None:
+    # Nagle's algorithm once held every chat after the first in the sender's kernel, where no machine's
+    # is_quiet() looked: the WAIT ended at once and the case lost all but the first chat.
+    texts = [f'"chat {number}"' for number in range(20)]
+    case = write_case(tmp_path, "burst", [
+        "LAUNCHSERVER --id 1 --servername oak --port 4100",
+        "LAUNCHSERVER --id 2 --servername elm --port 4101 --connect_to_host localhost --connect_to_port 4100",
+        "WAIT 5",
+        "LAUNCHCLIENT --id 11 --serverhost localhost --serverport 4100 --username ada",
+        "LAUNCHCLIENT --id 12 --serverhost localhost --serverport 4101 --username bob",
+        "WAIT 5",
+        *[f"CLIENTCOMMAND --username ada --command MESSAGE 12 {text}" for text in texts],
+        "WAIT 5",
+        "KILL ALL",
+    ], {"bob": {"chat_messages_log": texts}})
+    result = manager.run_case(case, manager.Settings(logs_dir=tmp_path / "Logs"))
+    assert result.passed, result.explanation
+    assert result.waits[-1].why == "the network was quiet", f"the last WAIT should still end early: {result.waits}"
+
+
 BUSY_SERVER = """
 from ChatServerBase import CRCServer as Ours
 

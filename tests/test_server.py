@@ -279,8 +279,8 @@ def test_a_server_reports_quiet_only_when_it_has_nothing_left_to_do(servers):
     wait_for(lambda: a.hosts_db[10].link.cutter.pending == 5, "half a frame to arrive")
     assert not a.is_quiet(), "half a frame is waiting: more bytes are in flight"
     reader.send(partial[5:] + b"".join(ClientChatMessage.bytes(10, 10, "x" * 100) for _ in range(20000)))
-    wait_for(lambda: a.is_quiet() and reader.wait_for(lambda m: len(m) == 20002, "every echo"),
-             "the server to be quiet after it has sent everything")
+    reader.wait_for(lambda m: len(m) == 20002, "every echo")
+    wait_for(a.is_quiet, "the server to be quiet once everything it sent has been read")
 
 
 class ServerWithABuggyChatHandler(CRCServer):
