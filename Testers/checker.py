@@ -3,12 +3,14 @@
 By default every key that the final state names is compared, except those the lint proves wrong
 (Testers/lint.py), which are case errors and not graded. With `as_course`, only the keys the course's
 checker compares are compared, and a machine it cannot find is skipped, as the course does; the keys
-left unchecked are listed. Values compare as sets plus lengths: order does not matter (it depends on
-timing), but a duplicate or a missing entry does.
+left unchecked are listed. Values compare as multisets: order does not matter (it depends on timing),
+but how many times each item appears does, so one chat dropped and another duplicated is caught. The
+course's checker compares sets plus lengths, which cannot see that; with `as_course` ours does the same.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
 
@@ -26,12 +28,19 @@ def _shown(items: Iterable[Any]) -> str:
     return "[" + ", ".join(repr(item) for item in sorted(items, key=repr)) + "]"
 
 
-def compare(label: str, expected: List[Any], found: List[Any]) -> Optional[str]:
-    """None when the lists match as sets and in length; otherwise what was expected and what was found."""
-    missing = set(expected) - set(found)
-    extra = set(found) - set(expected)
-    if not missing and not extra and len(expected) == len(found):
-        return None
+def compare(label: str, expected: List[Any], found: List[Any], as_sets: bool = False) -> Optional[str]:
+    """None when the lists hold the same items as many times each (with `as_sets`, as the course's checker
+    does: the same items, and the same length); otherwise what was expected and what was found."""
+    if as_sets:
+        missing: List[Any] = sorted(set(expected) - set(found), key=repr)
+        extra: List[Any] = sorted(set(found) - set(expected), key=repr)
+        if not missing and not extra and len(expected) == len(found):
+            return None
+    else:
+        missing = list((Counter(expected) - Counter(found)).elements())
+        extra = list((Counter(found) - Counter(expected)).elements())
+        if not missing and not extra:
+            return None
     lines = [f"{label}: expected {len(expected)} item(s) {_shown(expected)}",
              f"{' ' * len(label)}  found    {len(found)} item(s) {_shown(found)}"]
     if missing:
@@ -65,7 +74,7 @@ def check_final_state(final_state: Dict[str, Any], machines: Dict[str, Tuple[str
             except (AttributeError, TypeError) as error:
                 verdict.failures.append(f"{label}: expected {_shown(expected)}, but it could not be read: {error}")
                 continue
-            explanation = compare(label, expected, found)
+            explanation = compare(label, expected, found, as_sets=as_course)
             if explanation:
                 verdict.failures.append(explanation)
     return verdict

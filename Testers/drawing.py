@@ -15,6 +15,7 @@ and where that differs from the expected final state. Plain ASCII, wrapped to a 
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
@@ -42,16 +43,12 @@ class MachineView:
 
 
 def difference(expected: List[Any], seen: Any) -> Optional[Tuple[List[Any], List[Any], str]]:
-    """(missing, extra, note) when `seen` differs from `expected` as a set or in length, else None."""
+    """(missing, extra, note) when `seen` differs from `expected` as a multiset, else None."""
     if not isinstance(seen, list):
         return [], [], "could not be read"
-    missing = [item for item in dict.fromkeys(expected) if item not in seen]
-    extra = [item for item in dict.fromkeys(seen) if item not in expected]
-    if missing or extra:
-        return missing, extra, ""
-    if len(expected) != len(seen):
-        return [], [], f"same items, but {len(seen)} of them where {len(expected)} were expected"
-    return None
+    missing = list((Counter(expected) - Counter(seen)).elements())
+    extra = list((Counter(seen) - Counter(expected)).elements())
+    return (missing, extra, "") if missing or extra else None
 
 
 class Drawing:

@@ -122,7 +122,10 @@ def test_the_cut_down_parser_offers_exactly_the_contract_and_encodes_as_ours_doe
         frame = builder(*samples[name])
         assert frame == getattr(our_parser, name).bytes(*samples[name]), f"{name} encodes differently from ours"
         stream += frame
-    for theirs, ours in zip(parser.MessageParser.parse_messages(stream), our_parser.MessageParser.parse_messages(stream)):
+    theirs_parsed, ours_parsed = parser.MessageParser.parse_messages(stream), our_parser.MessageParser.parse_messages(stream)
+    assert len(theirs_parsed) == len(ours_parsed) == len(CONTRACT_BUILDERS), \
+        f"expected {len(CONTRACT_BUILDERS)} messages from each parser, got {len(theirs_parsed)} and {len(ours_parsed)}"
+    for theirs, ours in zip(theirs_parsed, ours_parsed, strict=True):
         assert vars(theirs) == vars(ours), f"{type(ours).__name__}: parsed {vars(theirs)}, ours parsed {vars(ours)}"
     with pytest.raises(ValueError):
         parser.MessageParser.parse_messages(stream[:-1])  # only whole messages, as the contract says

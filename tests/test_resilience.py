@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -95,7 +96,11 @@ def test_state_holds_during_the_hold_down_and_changes_after_it(network):
     wait_for(lambda: set(a.hosts_db) == {2, 10, 20}, "A to know B and its client")
     b_process.stop(signal.SIGKILL)
     wait_for(lambda: a.held_links(), "A to notice the lost link")
-    assert set(a.hosts_db) == {2, 10, 20} and a.adjacent_server_ids == [2], "nothing may change within the hold-down"
+    noticed = time.monotonic()
+    time.sleep(1.0)  # within the 1.5 s hold-down, with room for a busy machine
+    assert time.monotonic() - noticed < 1.5, "the test itself ran late; it cannot judge the hold-down"
+    assert set(a.hosts_db) == {2, 10, 20} and a.adjacent_server_ids == [2], \
+        "nothing may change within the hold-down (it lasted less than 1 s)"
     assert 20 in watcher.connected_user_ids
     wait_for(lambda: set(a.hosts_db) == {10}, "A to drop B and its client after the hold-down")
     wait_for(lambda: 20 not in watcher.connected_user_ids, "the watcher to hear of the netsplit")
@@ -339,7 +344,11 @@ def test_a_server_link_that_takes_nothing_at_all_is_dropped_after_the_stall_time
     wait_for(lambda: paused_links(a), "the flooder to be held back")
     wait_for(lambda: 9 not in a.hosts_db and 90 not in a.hosts_db, "the stuck server to be dropped as a departure")
     assert not paused_links(a), "the flooder must be let go"
-    wait_for(lambda: a.is_quiet() and 10 in a.hosts_db, "A to serve the flooder again")
+
+    def serving_again() -> bool:
+        flooder.pump(0.005)  # the rest of the flood earns an Unknown ID each: A is quiet once they are read
+        return bool(a.is_quiet()) and 10 in a.hosts_db
+    wait_for(serving_again, "A to serve the flooder again")
 
 
 def test_a_neighbour_that_says_goodbye_is_closed_and_leaves_the_loop_quiet(network):
@@ -363,7 +372,11 @@ def test_a_peer_refused_while_not_reading_is_closed_after_a_grace(network):
     wait_for(lambda: len(a.hosts_db[10].write_buffer) > 1_000_000, "output to pile up for the deaf client")
     deaf.send(b"\x07")  # a protocol error: its status cannot get past 20 MB that it does not read
     wait_for(lambda: 10 not in a.hosts_db, "the deaf client to be closed after the grace and announced")
-    wait_for(a.is_quiet, "A to be quiet, not spinning on a link it no longer reads")
+
+    def quiet() -> bool:
+        talker.pump(0.005)  # chats A read after the close earn an Unknown ID each: A is quiet once they are read
+        return bool(a.is_quiet())
+    wait_for(quiet, "A to be quiet, not spinning on a link it no longer reads")
 
 
 def test_a_chat_handler_put_on_the_object_sees_every_chat(network):

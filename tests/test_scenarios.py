@@ -85,10 +85,36 @@ def test_a_wrong_final_state_fails_naming_what_was_expected_and_found(tmp_path: 
     ], result.explanation
 
 
-def test_lists_compare_as_sets_plus_lengths() -> None:
+def test_lists_compare_as_multisets_and_as_the_course_as_sets_plus_lengths() -> None:
     assert compare("x", [1, 2, 3], [3, 1, 2]) is None
-    duplicated = compare("x", ["hi"], ["hi", "hi"])
+    swapped = compare("x", ["ping", "ping", "hey"], ["ping", "hey", "hey"])  # one dropped, another doubled
+    assert swapped is not None and "missing ['ping']" in swapped and "extra   ['hey']" in swapped, swapped
+    assert compare("x", ["ping", "ping", "hey"], ["ping", "hey", "hey"], as_sets=True) is None, \
+        "the course's checker cannot see this; --as-course must grade as it does"
+    duplicated = compare("x", ["hi"], ["hi", "hi"], as_sets=True)
     assert duplicated is not None and "counts differ" in duplicated, duplicated
+
+
+def test_a_case_grades_a_log_as_a_multiset_and_as_the_course_grades_it_with_as_course(
+        tmp_path: Path, settings: manager.Settings) -> None:
+    commands = [
+        "LAUNCHSERVER --id 7 --servername hub --port 4100",
+        "WAIT 0.2",
+        "LAUNCHCLIENT --id 70 --serverhost localhost --serverport 4100 --username kim",
+        "LAUNCHCLIENT --id 71 --serverhost localhost --serverport 4100 --username lee",
+        "WAIT 0.3",
+        'CLIENTCOMMAND --username kim --command MESSAGE 71 "ping"',
+        'CLIENTCOMMAND --username kim --command MESSAGE 71 "hey"',
+        'CLIENTCOMMAND --username kim --command MESSAGE 71 "hey"',
+        "WAIT 0.3",
+        "KILL ALL",
+    ]
+    expected = {"lee": {"chat_messages_log": ['"ping"', '"ping"', '"hey"']}}  # one ping short, one hey too many
+    case = write_case(tmp_path, "counts", commands, expected)
+    ours = manager.run_case(case, settings)
+    assert ours.status == manager.FAILED and "missing ['\"ping\"']" in ours.explanation, ours.explanation
+    as_course = manager.run_case(case, manager.Settings(logs_dir=tmp_path / "course", as_course=True))
+    assert as_course.status == manager.PASSED, f"the course's checker compares sets: {as_course.explanation}"
 
 
 @pytest.mark.parametrize("final_state, complaint", [
@@ -134,6 +160,15 @@ def test_a_hung_case_fails_at_the_time_limit(tmp_path: Path) -> None:
     result = manager.run_case(case, manager.Settings(server_path=server, timeout=0.5, logs_dir=tmp_path / "Logs"))
     assert not result.passed
     assert "time limit" in result.explanation and "'KILL ALL'" in result.explanation, result.explanation
+
+
+def test_slow_multiplies_a_wait_that_takes_its_full_time(tmp_path: Path) -> None:
+    case = write_case(tmp_path, "fixed", ["LAUNCHSERVER --id 1 --servername one --port 4300", "WAIT 0.2", "KILL ALL"],
+                      {"one": {"hosts_db": []}})
+    result = manager.run_case(case, manager.Settings(slow=3, strict_waits=True, logs_dir=tmp_path / "Logs"))
+    assert result.passed, result.explanation
+    (wait,) = result.waits
+    assert wait.asked == pytest.approx(0.6) and wait.took >= 0.6, f"expected a WAIT of 3 x 0.2 s, saw {wait}"
 
 
 def test_slow_multiplies_every_wait(tmp_path: Path) -> None:
