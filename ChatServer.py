@@ -272,6 +272,7 @@ class CRCServer:
         self.announce_departure = False  # set by Ctrl-C or SIGTERM: say goodbye before closing
         self.stop_if_join_fails = not run_on_localhost and not getattr(options, "alone_if_join_fails", False)
         self.join_failure: Optional[str] = None  # why we stopped, when joining failed
+        self.joined_once = False  # the server we joined has registered with us: a refusal now is a reconnect's
         # The uplink: the link we opened to join a network, opened again when lost (not in a test
         # harness, unless asked: nothing the course grades may change because of it).
         self.uplink: Optional[Link] = None
@@ -303,9 +304,13 @@ class CRCServer:
 
     def run(self) -> None:
         self.print_info(f"Launching server {self.server_name}...")
-        self.setup_server_socket()
-        if self.connect_to_host and self.connect_to_port:
-            self.connect_to_server()
+        try:
+            self.setup_server_socket()
+            if self.connect_to_host and self.connect_to_port:
+                self.connect_to_server()
+        except BaseException:
+            self.cleanup()  # frees what __init__ opened (the selector, the waking pair, the log file)
+            raise
         self.check_IO_devices_for_messages()
 
     def setup_server_socket(self) -> None:
@@ -479,7 +484,7 @@ class CRCServer:
         self.check_last_hop(record, message.last_hop_id)
         server = ServerConnectionData(server_id, message.server_name, message.server_info)
         server.registration = self.relayed(message.bytes)
-        if self.place(server_id, record) == TAKEN:
+        if self.place(server, record) == TAKEN:
             self.refuse_or_ignore(io_device, server_id, f"A machine has already registered with ID {server_id}")
             return
         if isinstance(record, ServerConnectionData):  # a neighbour announces a server behind it
@@ -489,7 +494,9 @@ class CRCServer:
             link = record.link
             self.register_link(io_device, server)
             self.logger.info("server %s (%d) joined as a neighbour", server.server_name, server_id)
-            if not link.outbound:  # the server we joined knows us already
+            if link.outbound:
+                self.joined_once = True
+            else:  # the server we joined knows us already
                 self.send_message_to_host(server_id, ServerRegistrationMessage.bytes(
                     self.id, self.id, self.server_name, self.server_info))
             for host in list(self.hosts_db.values()):  # our whole view, for a merge of two networks
@@ -528,7 +535,7 @@ class CRCServer:
         self.check_last_hop(record, message.last_hop_id)
         client = ClientConnectionData(client_id, message.client_name, message.client_info)
         client.registration = self.relayed(message.bytes)
-        if self.place(client_id, record) == TAKEN:
+        if self.place(client, record) == TAKEN:
             self.refuse_or_ignore(io_device, client_id, f"Someone has already registered with ID {client_id}")
             return
         if isinstance(record, ServerConnectionData):  # a neighbour announces a client behind it
@@ -653,19 +660,20 @@ class CRCServer:
             raise ProtocolViolation(f"a registration passed on by {record.id} must carry {record.id} as its last"
                                     f" hop, not {last_hop_id}")
 
-    def place(self, host_id: int, record: ConnectionData) -> str:
-        """How a registration for `host_id`, arriving on `record`'s link, fits what we know: NEW, AGAIN
+    def place(self, newcomer: HostData, record: ConnectionData) -> str:
+        """How a registration for `newcomer`, arriving on `record`'s link, fits what we know: NEW, AGAIN
         (known through this same link: a merge or a rejoin announces it once more; the entry is
-        refreshed), BACK (known through a link that is lost and held: it came back this way, and takes
-        its place without a departure) or TAKEN (our own id, or known through another open link)."""
-        host = self.hosts_db.get(host_id)
-        if host_id == self.id:
+        refreshed), BACK (the same kind of machine, known through a link that is lost and held: it came
+        back this way, and takes its place without a departure) or TAKEN (our own id, known through
+        another open link, or held for a machine of the other kind)."""
+        host = self.hosts_db.get(newcomer.id)
+        if newcomer.id == self.id:
             return TAKEN
         if host is None:
             return NEW
         if host.link is record.link:
             return AGAIN
-        if host.link is None or host.link.state == CLOSED:
+        if (host.link is None or host.link.state == CLOSED) and type(host) is type(newcomer):
             return BACK
         return TAKEN
 
@@ -864,8 +872,12 @@ class CRCServer:
     def join_failed(self, why: str, refused: bool = False) -> None:
         """The server to join cannot be reached or refused us. In a test harness, and with
         --alone-if-join-fails, we run on as a network of our own (the course's reference does), and try
-        again later unless refused; from the command line that is an error, and we stop (main() says why)."""
-        if self.stop_if_join_fails:
+        again later unless refused; from the command line that is an error, and we stop (main() says why).
+        Once we have joined, a failure is a reconnect's: it is tried again, even when refused (the server
+        may still hold our old link, its end not yet closed), and the uplink's close schedules the try."""
+        if self.joined_once:
+            self.logger.error("%s; trying again", why)
+        elif self.stop_if_join_fails:
             self.logger.error("%s; stopping", why)
             self.join_failure = why
             self.request_terminate = True
@@ -890,13 +902,19 @@ class CRCServer:
 
     def reconnect_now(self) -> None:
         """Open the uplink again, without waiting: the connection completes on a write event."""
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setblocking(False)
-        error = sock.connect_ex((self.connect_to_host_addr or "localhost", int(self.connect_to_port or 0)))
-        if error not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
-            sock.close()
-            self.logger.debug("could not reach %s:%s: %s", self.connect_to_host, self.connect_to_port,
-                              os.strerror(error))
+        sock: Optional[socket.socket] = None
+        try:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            # A name is looked up here only if the first join failed (after it, the address is kept): that
+            # blocks the loop while the resolver works, as seldom as the backoff lets it.
+            code = sock.connect_ex((self.connect_to_host_addr or "localhost", int(self.connect_to_port or 0)))
+            if code not in (0, errno.EINPROGRESS, errno.EWOULDBLOCK):
+                raise OSError(code, os.strerror(code))
+        except OSError as error:  # refused, no such name, no descriptor left: one more failed try
+            if sock is not None:
+                sock.close()
+            self.logger.warning("could not reach %s:%s: %s", self.connect_to_host, self.connect_to_port, error)
             self.schedule_reconnect()
             return
         link = self.uplink = self.open_link(sock, outbound=True, connecting=True)
@@ -1227,15 +1245,19 @@ class RoutingTable:
         host.first_link_id = first_link_id
         host.link = self.hosts_db[first_link_id].link
         self.hosts_db[host.id] = host
+        self.unlist(host.id)  # it may have been adjacent, and come back behind another neighbour
+
+    def unlist(self, host_id: int) -> None:
+        for adjacent in (self.adjacent_server_ids, self.adjacent_user_ids):
+            if host_id in adjacent:
+                adjacent.remove(host_id)
 
     def clients(self) -> List[ClientConnectionData]:
         return [host for host in self.hosts_db.values() if isinstance(host, ClientConnectionData)]
 
     def forget(self, host_id: int) -> None:
         self.hosts_db.pop(host_id, None)
-        for adjacent in (self.adjacent_server_ids, self.adjacent_user_ids):
-            if host_id in adjacent:
-                adjacent.remove(host_id)
+        self.unlist(host_id)
 
 
 TimerKey = Tuple[str, Any]  # what the timer is for ("hold", "register", "closing", "stall") and whom

@@ -3,7 +3,7 @@
 A test set that lets a mutant pass every case would let a student's server with that bug pass too.
 `--mutants` runs the cases against each mutant and shows which cases catch which mutant (see
 ChatTestManager.run_mutants). Each mutant is a named replacement of one piece of the server's source;
-tests/test_mutants.py checks that every piece is still found exactly once, so that a change to the
+tests/test_case_tools.py checks that every piece is still found exactly once, so that a change to the
 server cannot quietly turn a mutant into the unchanged server.
 """
 
@@ -64,7 +64,7 @@ MUTANTS: List[Mutant] = [
     Mutant("quit-not-passed-to-clients", "a client's quit is not passed on to the other clients", "client quit",
            "        self.broadcast_message_to_adjacent_clients(message.bytes, ignore_host_id=record.id)\n", ""),
     Mutant("duplicate-id-accepted", "a client with a taken id is accepted", "client registration",
-           "        if self.place(client_id, record) == TAKEN:", "        if False:"),
+           "        if self.place(client, record) == TAKEN:", "        if False:"),
     Mutant("refusal-not-logged", "a server refused by the one it joins does not log why", "status",
            "            self.status_updates_log.append(message.content)\n            self.join_failed(",
            "            self.join_failed("),

@@ -63,11 +63,12 @@ def unregistered_links(server: Any) -> List[Link]:
 class RunningServer:
     """A CRCServer on a free loopback port, running in a thread as the course's test manager runs it."""
 
-    def __init__(self, server_class: type = CRCServer, **options: Any) -> None:
+    def __init__(self, server_class: type = CRCServer, as_command: bool = False, **options: Any) -> None:
+        """With `as_command`, the server behaves as when started from a terminal (not in a test harness)."""
         if "parent" in options:
             options["connect_to_host"] = "localhost"
             options["connect_to_port"] = options.pop("parent").port
-        self.server = server_class(server_options(**options), run_on_localhost=True)
+        self.server = server_class(server_options(**options), run_on_localhost=not as_command)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
         wait_for(lambda: self.server.listening, f"server {self.server.server_name} to listen")

@@ -28,6 +28,7 @@ from ChatMessageParser import (
     ClientChatMessage,
     ClientQuitMessage,
     ClientRegistrationMessage,
+    ServerRegistrationMessage,
     StatusUpdateMessage,
 )
 
@@ -213,6 +214,68 @@ def test_the_largest_legal_registration_is_welcomed_and_passed_on(started) -> No
     assert largest.of_type(StatusUpdateMessage)[0].content == f"Welcome to the Clemson Relay Chat network {'n' * 255}"
     wait_for(lambda: watcher.connected_user_ids.get(77) == "n" * 255, "the watcher to learn of it")
     assert watcher.connected, "a client must take the largest registration too"
+
+
+def test_an_id_held_for_a_lost_client_is_refused_to_a_server(started) -> None:
+    a = started(RunningServer(id=1, servername="A", split_hold=60))
+    watcher = started(RawPeer.client(a.port, 10, "watcher"))
+    lost = RawPeer.client(a.port, 5, "lost")
+    watcher.wait_for(lambda m: 5 in registered(watcher), "the client with id 5 announced")
+    lost.close()  # gone without a quit: held for the hold-down
+    wait_for(lambda: a.held_links() == [5], "A to hold the lost client's link")
+    impostor = started(RawPeer.server(a.port, 5, "impostor"))
+    impostor.wait_for(lambda m: impostor.of_type(StatusUpdateMessage), "a refusal")
+    assert [status.content for status in impostor.of_type(StatusUpdateMessage)] == \
+        ["A machine has already registered with ID 5"], "a server may not take a client's held place"
+    assert a.adjacent_server_ids == [] and type(a.hosts_db[5]).__name__ == "ClientConnectionData", \
+        f"A must still hold client 5 and no server 5: {a.adjacent_server_ids}, {a.hosts_db[5]}"
+
+
+def test_a_neighbour_back_behind_another_within_the_hold_down_is_no_longer_adjacent(started) -> None:
+    a = started(RunningServer(id=1, servername="A", split_hold=60))
+    first = RawPeer.server(a.port, 9, "first way")
+    first.wait_for(lambda m: m, "A's registration")
+    first.close()
+    wait_for(lambda: a.held_links() == [9], "A to hold the lost neighbour")
+    other = started(RawPeer.server(a.port, 8, "other way"))
+    other.send(ServerRegistrationMessage.bytes(9, 8, "first way", ""))  # 9 is back, behind 8 (a merge)
+    wait_for(lambda: a.hosts_db[9].first_link_id == 8, "A to reach 9 through 8")
+    assert a.adjacent_server_ids == [8], f"9 is behind 8 now, not adjacent: {a.adjacent_server_ids}"
+
+
+def test_a_reconnect_that_is_refused_is_tried_again_and_the_server_runs_on(started) -> None:
+    uplink = socket.create_server(("127.0.0.1", 0))
+    uplink.settimeout(10)
+    b = started(RunningServer(as_command=True, id=2, servername="B", bind="127.0.0.1", connect_to_host="127.0.0.1",
+                              connect_to_port=uplink.getsockname()[1], reconnect_first=0.05, reconnect_max=0.1))
+    first, _ = uplink.accept()
+    first.sendall(ServerRegistrationMessage.bytes(1, 1, "A", ""))
+    wait_for(lambda: b.adjacent_server_ids == [1], "B to join A")
+    first.close()  # the uplink is lost, and B opens it again by itself
+    second, _ = uplink.accept()
+    # A still holds B's old link: B's id is taken there, for now.
+    second.sendall(StatusUpdateMessage.bytes(1, 0, 2, "A machine has already registered with ID 2"))
+    second.close()
+    try:
+        third, _ = uplink.accept()  # tried again, after the backoff
+    except TimeoutError:
+        pytest.fail(f"B never tried again after the refusal; it stopped: {b.join_failure}")
+    third.sendall(ServerRegistrationMessage.bytes(1, 1, "A", ""))
+    wait_for(lambda: b.adjacent_server_ids == [1], "B to join A once more")
+    assert b.thread.is_alive() and b.join_failure is None, f"B must run on; it stopped: {b.join_failure}"
+    for sock in (first, second, third, uplink):
+        sock.close()
+
+
+def test_a_server_to_join_whose_name_does_not_resolve_is_tried_again_and_again(started, tmp_path: Path) -> None:
+    log = tmp_path / "alone.log"
+    alone = started(RunningServer(as_command=True, id=2, servername="alone", bind="127.0.0.1", alone_if_join_fails=True,
+                                  connect_to_host="nosuch.invalid", connect_to_port=9, reconnect_first=0.05,
+                                  reconnect_max=0.1, log_file=str(log)))
+    wait_for(lambda: log.read_text().count("could not reach nosuch.invalid") >= 3, "three tries, each logged")
+    assert "unexpected error" not in log.read_text() and alone.thread.is_alive(), log.read_text()
+    peer = started(RawPeer.client(alone.port, 10, "still served"))
+    peer.wait_for(lambda m: peer.of_type(StatusUpdateMessage), "a welcome from the server on its own")
 
 
 def cpu_seconds(pid: int) -> float:

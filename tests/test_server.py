@@ -352,3 +352,12 @@ def test_a_bug_in_a_timers_action_never_stops_the_server():
         assert a.thread.is_alive(), "the server thread died"
     finally:
         a.stop()
+
+
+def test_a_server_that_cannot_listen_frees_what_it_opened_before_it_raises() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        server = CRCServer(server_options(id=1, servername="late", port=taken.getsockname()[1]), run_on_localhost=True)
+        with pytest.raises(OSError, match="cannot listen on 127.0.0.1"):
+            server.run()
+    assert server.sel.get_map() is None, "the selector must be closed"
+    assert server.waker.fileno() == -1 and server.wake_reader.fileno() == -1, "the waking pair must be closed"
