@@ -53,18 +53,21 @@ MAX_CHAT_CONTENT = DEFAULT_MAX_FRAME_SIZE - HEADER_SIZES[CLIENT_CHAT]
 MAX_NAME_BYTES, MAX_INFO_BYTES = 0xFF, 0xFFFF  # a registration's length fields
 
 
-def split_for_frames(text: str, limit: int = MAX_CHAT_CONTENT) -> List[str]:
-    """The text in parts of at most `limit` bytes of UTF-8 each, cut only between characters."""
+def split_for_frames(text: str) -> List[str]:
+    """The text in parts of at most MAX_CHAT_CONTENT bytes of UTF-8 each, cut only between characters,
+    and an empty part after a last one that would look continued (see continues())."""
     encoded = text.encode("utf-8")
     parts: List[str] = []
     start = 0
-    while len(encoded) - start > limit:
-        end = start + limit
+    while len(encoded) - start > MAX_CHAT_CONTENT:
+        end = start + MAX_CHAT_CONTENT
         while encoded[end] & 0xC0 == 0x80:  # a continuation byte: the character started before it
             end -= 1
         parts.append(encoded[start:end].decode("utf-8"))
         start = end
     parts.append(encoded[start:].decode("utf-8"))
+    if continues(parts[-1]):
+        parts.append("")  # says that the text ends here
     return parts
 
 
@@ -152,9 +155,11 @@ class CRCClient:
 
     def send_chat(self, destination_id: int, text: str) -> int:
         """Send a chat in as many parts as it takes; how many parts were sent (0: not connected)."""
-        frames = [ClientChatMessage.bytes(self.id, destination_id, part) for part in split_for_frames(text)]
-        what = f"chat to {destination_id}" + (f" in {len(frames)} parts" if len(frames) > 1 else "")
-        return len(frames) if self._send(b"".join(frames), what) else 0
+        parts = split_for_frames(text)
+        frames = [ClientChatMessage.bytes(self.id, destination_id, part) for part in parts]
+        count = max(1, sum(1 for part in parts if part))  # not the empty part that may close a long text
+        what = f"chat to {destination_id}" + (f" in {count} parts" if count > 1 else "")
+        return count if self._send(b"".join(frames), what) else 0
 
     def quit(self, text: str = "") -> bool:
         """Tell the network we are leaving. The connection stays open until `stop()`."""
@@ -404,7 +409,8 @@ class TerminalChat:
             del self.unfinished[message.source_id]
             sender = printable(known_name) if known_name else f"id {message.source_id}"
             whole = "".join(parts)
-            self.screen.say(f"{sender}: {printable(whole)}" + (f"   ({len(parts)} parts)" if len(parts) > 1 else ""))
+            count = sum(1 for part in parts if part)  # not the empty part that may close a long text
+            self.screen.say(f"{sender}: {printable(whole)}" + (f"   ({count} parts)" if count > 1 else ""))
             return
         text = describe_event(message, known_name)
         if text is not None:

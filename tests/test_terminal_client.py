@@ -17,6 +17,7 @@ import pexpect.popen_spawn
 import pytest
 from netkit import RawPeer, wait_until
 
+from ChatClient import MAX_CHAT_CONTENT
 from ChatMessageParser import ClientChatMessage
 from ChatServer import CRCServer
 
@@ -227,6 +228,19 @@ def test_a_message_longer_than_a_frame_arrives_whole_and_in_order(open_terminal:
     alice.type(f"/msg bob {text}")
     alice.wait_for("(sent in 2 parts)")
     bob.wait_for(f"alice: {text}   (2 parts)")
+
+
+@pytest.mark.timeout(60)
+def test_a_message_that_fills_a_frame_exactly_is_shown_at_once_and_alone(open_terminal: Callable[..., Terminal]) -> None:
+    alice = open_terminal("alice", 11)
+    bob = open_terminal("bob", 12)
+    alice.wait_for("* bob is online (id 12)")
+    full = "f" * MAX_CHAT_CONTENT  # as long as a part that another part continues
+    alice.type(f"/msg bob {full}")
+    alice.type("/msg bob after")
+    alice.wait_for("-> bob: after")  # reads the long line's echo, which alice must write out before going on
+    bob.wait_for("alice: after")  # not "alice: fff...fafter   (2 parts)", as if the two were one
+    assert bob.transcript.count(f"alice: {full}") == 1 and "(2 parts)" not in bob.transcript
 
 
 def test_control_characters_from_others_are_shown_escaped(open_terminal: Callable[..., Terminal],
