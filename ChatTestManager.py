@@ -188,6 +188,13 @@ class CaseResult:
     exception: Optional[BaseException] = None  # the first exception a machine raised, if any
     logs: List[Path] = field(default_factory=list)  # the case's log file, and the folder of its machines' logs
     observed: Optional[Dict[str, Dict[str, Any]]] = None  # each machine's keys at the end, if the run completed
+    errors_graded: bool = False  # with --as-course, the keys a case error names are graded all the same
+
+    @property
+    def case_error_lines(self) -> List[str]:
+        label = "case error (graded all the same, as the course does)" if self.errors_graded else \
+            "case error (not graded)"
+        return [f"{label}: {error}" for error in self.case_errors]
 
     @property
     def passed(self) -> bool:
@@ -205,7 +212,7 @@ class CaseResult:
     @property
     def explanation(self) -> str:
         lines = list(self.problems) or (["passed"] if self.passed else [])
-        lines += [f"case error (not graded): {error}" for error in self.case_errors]
+        lines += self.case_error_lines
         if self.unchecked:
             lines.append(f"left unchecked, as the course's checker does: {', '.join(self.unchecked)}")
         return "\n".join(lines)
@@ -287,6 +294,8 @@ class CaseRun:
         options.port = self.ports(written.port)
         options.connect_to_port = self.port_to_reach(written.connect_to_port)
         if self.chaos is not None:
+            if written.port in self.relays:  # a server launched again on its port: a relay of its own
+                self.relays.pop(written.port).stop()
             self.relays[written.port] = ChaosRelay(options.port, f"{self.chaos}/{self.case.name}/{written.port}")
         options.log_file = self.log_path(written.log_file, written.servername)
         self.note(f"    {written.servername}: port {options.port}, connects to {options.connect_to_port}")
@@ -515,7 +524,8 @@ def run_case(path: Path, settings: Optional[Settings] = None) -> CaseResult:
     not_graded: Set[Tuple[str, Optional[str]]] = set()
     if not settings.as_course:
         not_graded = {(finding.machine, finding.key) for finding in findings if finding.machine is not None}
-    log_dir = Path(settings.logs_dir) / case.name
+    # Absolute: a server puts a relative log path beside its own file, wherever the manager runs.
+    log_dir = Path(settings.logs_dir).resolve() / case.name
     shutil.rmtree(log_dir, ignore_errors=True)  # logs of an earlier run would mislead
     log_dir.mkdir(parents=True, exist_ok=True)
     limit = settings.timeout + settings.slow * case.total_wait
@@ -534,12 +544,12 @@ def run_case(path: Path, settings: Optional[Settings] = None) -> CaseResult:
     problems += thread_errors.errors
     drawing = run.draw() if problems and run.machines else ""
     exceptions = run.exceptions + thread_errors.exceptions
-    log_file = Path(settings.logs_dir) / f"{case.name}.log"
+    log_file = Path(settings.logs_dir).resolve() / f"{case.name}.log"
     completed = not (worker.is_alive() or run.crashes or thread_errors.errors or exceptions)
     result = CaseResult(case.name, FAILED if problems else PASSED, time.monotonic() - started, problems,
                         case.weight, case.family, drawing, list(run.waits), [str(finding) for finding in findings],
                         run.unchecked, exceptions[0] if exceptions else None, [log_file, log_dir],
-                        run.observed_state() if completed else None)
+                        run.observed_state() if completed else None, errors_graded=settings.as_course)
     _write_log(log_file, case, settings, run, result, trace)
     return result
 
@@ -559,7 +569,7 @@ def _write_log(log_file: Path, case: Case, settings: Settings, run: CaseRun, res
         f"ports    {run.ports.ports or 'as written'}",
         f"logs     {run.log_dir}",
         *case.warnings,
-        *[f"case error (not graded): {error}" for error in result.case_errors],
+        *result.case_error_lines,
         "",
         *run.journal,
         "",
@@ -604,8 +614,10 @@ def print_table(results: List[CaseResult]) -> None:
         summary += (f"; {len(not_run)} case(s) not run for errors in the file"
                     f" ({_points(sum(result.weight for result in not_run))} points not graded)")
     if with_errors:
+        graded_anyway = all(result.errors_graded for result in with_errors)
         summary += f"; {sum(len(result.case_errors) for result in with_errors)} case error(s) in" \
-                   f" {len(with_errors)} case(s) that ran (those keys not graded)"
+                   f" {len(with_errors)} case(s) that ran" \
+                   f" ({'graded all the same, as the course does' if graded_anyway else 'those keys not graded'})"
     print(summary, flush=True)
 
 

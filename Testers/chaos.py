@@ -36,7 +36,7 @@ class Pipe:
         self.target = target
         self.rng = rng
         self.pieces: Deque[Tuple[float, bytes]] = deque()  # (when it is due, bytes), in order
-        self.ended = False  # the source closed: close the connection once the pieces are out
+        self.ended = False  # the source closed (and is no longer read): close once the pieces are out
         self.partner: Optional[Pipe] = None  # the other direction of the same connection
 
     def cut(self, data: bytes) -> None:
@@ -105,17 +105,22 @@ class ChaosRelay:
             if data:
                 pipe.cut(data)
             else:
-                pipe.ended = True
-                self.sel.unregister(pipe.source)  # at its end: not to be read again
+                self.end(pipe)
         now = time.monotonic()
         for pipe in list(self.pipes.values()):
             try:
                 pipe.send_due(now)
-            except OSError:
+            except OSError:  # its target is gone: what it holds can go nowhere
                 pipe.pieces.clear()
-                pipe.ended = True
+                self.end(pipe)
             if pipe.ended and not pipe.pieces:
                 self.close(pipe)
+
+    def end(self, pipe: Pipe) -> None:
+        """Read this source no more (it is at its end, or its bytes can go nowhere)."""
+        if not pipe.ended:
+            pipe.ended = True
+            self.sel.unregister(pipe.source)
 
     def accept(self) -> None:
         try:
@@ -128,7 +133,8 @@ class ChaosRelay:
             near.close()
             return
         self.connections += 1
-        rng = random.Random(f"{self.seed}/{self.target_port}/{self.connections}")
+        # Not the target port, which is drawn afresh each run: the same seed must cut the same way.
+        rng = random.Random(f"{self.seed}/{self.connections}")
         pipes = [Pipe(near, far, rng), Pipe(far, near, rng)]
         pipes[0].partner, pipes[1].partner = pipes[1], pipes[0]
         for pipe in pipes:
@@ -141,8 +147,7 @@ class ChaosRelay:
         """A side closed, and what it sent is through: the other side sees the connection close."""
         for each in (pipe, pipe.partner):
             if each is not None and self.pipes.pop(each.source, None) is not None:
-                if not each.ended:
-                    self.sel.unregister(each.source)
+                self.end(each)
                 each.source.close()
 
     def is_quiet(self) -> bool:
@@ -163,5 +168,7 @@ class ChaosRelay:
         return not ready and self.busy_turns == turn
 
     def stop(self, timeout: Optional[float] = 2.0) -> None:
+        """Stop the relay, waiting for it at most `timeout` seconds (None: not at all)."""
         self.stopping = True
-        self.thread.join(timeout)
+        if timeout is not None:
+            self.thread.join(timeout)

@@ -93,7 +93,7 @@ class Replay:
         if target is None:
             self.findings.append(Finding(where, f"{joiner.name} joins port {port}, where nobody listens at that point"))
             return
-        if joiner.id is not None and joiner.id in {machine.id for machine in self.network(target)}:
+        if joiner.id is not None and joiner.id in {machine.id for machine in self.network(target, present=True)}:
             joiner.refused = True  # a duplicate id: the server there refuses it, and that may be the point
             return
         host = self.machines[target]
@@ -103,12 +103,15 @@ class Replay:
             host.clients.add(joiner.name)
         joiner.neighbours.add(target)
 
-    def network(self, name: str) -> List[Machine]:
-        """Every machine ever connected to this one, itself included."""
+    def network(self, name: str, present: bool = False) -> List[Machine]:
+        """Every machine ever connected to this one, itself included; with `present`, only those still
+        there and reached through machines still there (an id that quit, or was killed, is free again)."""
         seen, todo = {name}, [name]
         while todo:
             machine = self.machines[todo.pop()]
             for other in machine.neighbours | machine.clients:
+                if present and (self.machines[other].quit or self.machines[other].killed):
+                    continue
                 if other not in seen:
                     seen.add(other)
                     todo.append(other)

@@ -72,15 +72,15 @@ def record(path: Path, observe: Callable[[Path], Tuple[Optional[State], str]], k
         if state is None:
             return False, f"not recorded: {problem}"
         runs.append(state)
+    old: Dict[str, Dict[str, Any]] = data.get("final_state") if isinstance(data.get("final_state"), dict) else {}
+    if keys_only:  # only these are written, so only these must agree
+        runs = [{name: {key: state[name][key] for key in old[name] if key in state.get(name, {})}
+                 for name in old if name in state} for state in runs]
     disagreeing = disagreements(*runs)
     if disagreeing:
         return False, (f"not recorded: two runs disagree on {', '.join(disagreeing)}; the outcome depends on"
                        " timing (add WAITs, or check fewer keys)")
     observed = runs[0]
-    old: Dict[str, Dict[str, Any]] = data.get("final_state") if isinstance(data.get("final_state"), dict) else {}
-    if keys_only:
-        observed = {name: {key: observed[name][key] for key in old[name] if key in observed.get(name, {})}
-                    for name in old if name in observed}
     new = {name: {key: stable(values) for key, values in state.items()} for name, state in observed.items()}
     changes = [f"{name}.{key}: {old.get(name, {}).get(key, '(not checked)')} -> {values}"
                for name, state in new.items() for key, values in state.items()

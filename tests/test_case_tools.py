@@ -8,13 +8,15 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import List
 
 import pytest
+from netkit import wait_for
 
 import ChatTestManager as manager
-from Testers.chaos import Pipe
+from Testers.chaos import ChaosRelay, Pipe
 from Testers.mutants import MUTANTS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,6 +89,12 @@ def test_record_refuses_a_case_whose_outcome_depends_on_timing_naming_the_keys(t
     assert run.returncode == 1 and "REFUSED  random: not recorded: two runs disagree on oak.adjacent_user_ids," \
         " oak.hosts_db" in run.stdout, run.stdout
     assert case.read_text() == original, "a refused case is left as it was"
+    steady = json.loads(original)
+    steady["final_state"] = {"oak": {"adjacent_server_ids": ["wrong"]}}  # the same in every run
+    case.write_text(json.dumps(steady))
+    narrow = run_command_line("--record", "--record-keys-only", str(case), "--logs", str(tmp_path / "Logs"))
+    assert narrow.returncode == 0 and "oak.adjacent_server_ids: ['wrong'] -> []" in narrow.stdout, \
+        f"only the keys written need agree:\n{narrow.stdout}"
 
 
 # ----------------------------------------------------------------------------------------- mutants
@@ -140,11 +148,43 @@ def test_the_same_seed_cuts_the_same_stream_the_same_way() -> None:
     assert b"".join(first) == bytes(range(200)) * 5 and any(len(piece) == 1 for piece in first)
 
 
+def test_relays_with_the_same_seed_draw_alike_whatever_port_their_server_got() -> None:
+    def draws(relay: ChaosRelay) -> List[float]:
+        with socket.create_connection(("127.0.0.1", relay.port)):
+            wait_for(lambda: len(relay.pipes) == 2, "the relay to take the connection")
+            return [pipe.rng.random() for pipe in relay.pipes.values()]
+
+    with socket.create_server(("127.0.0.1", 0)) as server, socket.create_server(("127.0.0.1", 0)) as other_run:
+        relays = [ChaosRelay(sock.getsockname()[1], "7/case/6100") for sock in (server, other_run)]
+        try:
+            assert draws(relays[0]) == draws(relays[1]), "a seed must replay a run, wherever its servers listen"
+        finally:
+            for relay in relays:
+                relay.stop()
+
+
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_our_server_passes_every_case_under_chaos(seed: int, tmp_path: Path) -> None:
     run = run_command_line("--chaos", str(seed), "--logs", str(tmp_path / "Logs"))
     assert run.returncode == 0 and "Under chaos every case that ran passed." in run.stdout, run.stdout + run.stderr
     assert f"chaos seed {seed}" in (tmp_path / "Logs" / "4_3_chat_3_hops.log").read_text()
+
+
+def test_a_server_launched_again_on_its_port_leaves_no_relay_behind(tmp_path: Path) -> None:
+    case = tmp_path / "again.cfg"
+    case.write_text(json.dumps({"type": "CRC_functionality", "commands": [
+        "LAUNCHSERVER --id 1 --servername oak --port 4100",
+        "WAIT 0.2",
+        "KILL oak",
+        "WAIT 0.2",
+        "LAUNCHSERVER --id 1 --servername ash --port 4100",
+        "WAIT 0.2",
+        "KILL ALL",
+    ], "final_state": {"ash": {"hosts_db": []}}}))
+    result = manager.run_case(case, manager.Settings(logs_dir=tmp_path / "Logs", chaos=4))
+    assert result.passed, result.explanation
+    wait_for(lambda: not [thread for thread in threading.enumerate() if thread.name.startswith("chaos relay")],
+             "every relay of the case to stop with it")
 
 
 TRUSTING_SERVER = '''

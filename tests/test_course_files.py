@@ -128,6 +128,26 @@ def test_the_lint_names_mistakes_in_the_commands(tmp_path: Path) -> None:
     assert "ERROR  bad_wait" in run.stdout and "command 2 'WAIT soon': WAIT needs one number of seconds" in run.stdout
 
 
+def test_an_id_free_again_after_a_quit_or_a_kill_is_taken_by_the_next_without_a_case_error(tmp_path: Path) -> None:
+    path = write(tmp_path, "reuse", [
+        "LAUNCHSERVER --id 1 --servername oak --port 5100",
+        "WAIT 0.2",
+        "LAUNCHCLIENT --id 5 --serverhost mordor --serverport 5100 --username ada",
+        "LAUNCHCLIENT --id 6 --serverhost mordor --serverport 5100 --username cy",
+        "WAIT 0.3",
+        'CLIENTCOMMAND --username ada --command QUIT "bye"',
+        "KILL cy",
+        "WAIT 0.3",
+        "LAUNCHCLIENT --id 5 --serverhost mordor --serverport 5100 --username bob",
+        "LAUNCHCLIENT --id 6 --serverhost mordor --serverport 5100 --username dee",
+        "WAIT 0.3",
+        "KILL ALL",
+    ], {"oak": {"hosts_db": [5, 6], "adjacent_user_ids": [5, 6]}, "bob": {"connected_user_ids": [6]}})
+    assert manager.lint(manager.load_case(path)) == [], "ids 5 and 6 were free again: nobody was refused"
+    result = manager.run_case(path, manager.Settings(logs_dir=tmp_path / "Logs"))
+    assert result.passed and not result.case_errors, result.explanation
+
+
 def test_our_own_cases_are_lint_clean() -> None:
     run = subprocess.run([sys.executable, str(ROOT / "ChatTestManager.py"), "--lint"], capture_output=True, text=True,
                          timeout=60)
@@ -143,8 +163,11 @@ def test_as_course_compares_only_the_courses_keys_and_skips_unknown_machines(tmp
     assert result.unchecked == ["oak.adjacent_server_ids", "oak.adjacent_user_ids"], result.unchecked
     assert "left unchecked, as the course's checker does: oak.adjacent_server_ids, oak.adjacent_user_ids" \
         in result.explanation
-    wrong_hosts = write(tmp_path, "wrong_hosts", NETWORK, {"oak": {"hosts_db": [2]}})
-    assert not manager.run_case(wrong_hosts, manager.Settings(logs_dir=tmp_path / "Logs", as_course=True)).passed
+    wrong_hosts = write(tmp_path, "wrong_hosts", NETWORK, {"oak": {"hosts_db": [2, 11, 12, 99]}})
+    graded = manager.run_case(wrong_hosts, manager.Settings(logs_dir=tmp_path / "Logs", as_course=True))
+    assert not graded.passed and graded.problems[0].startswith("oak.hosts_db"), graded.explanation
+    assert "case error (graded all the same, as the course does): final_state['oak']['hosts_db']" \
+        in graded.explanation and "not graded" not in graded.explanation, graded.explanation
 
 
 def test_connectivity_cases_record_what_each_server_receives_and_nothing_in_sent_messages(tmp_path: Path) -> None:

@@ -419,6 +419,16 @@ def test_a_failure_says_where_its_logs_are(tmp_path: Path) -> None:
     assert run.returncode == 1 and f"logs: {logs / 'wrong.log'}, {logs / 'wrong'}" in run.stdout, run.stdout
 
 
+def test_a_relative_logs_folder_holds_every_log_of_the_case_and_is_the_one_printed(tmp_path: Path) -> None:
+    case = write_case(tmp_path, "wrong", chat_case(0.2), dict(CHAT_STATE, oak={"hosts_db": []}))
+    run = subprocess.run([sys.executable, str(ROOT / "ChatTestManager.py"), "--logs", "mine", str(case)],
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    logs = tmp_path / "mine"
+    assert run.returncode == 1 and f"logs: {logs / 'wrong.log'}, {logs / 'wrong'}" in run.stdout, run.stdout
+    assert (logs / "wrong" / "oak.log").is_file(), \
+        f"a server's log belongs in the folder given; found {sorted(str(path) for path in logs.rglob('*'))}"
+
+
 BUGGY_SERVER = '''
 from ChatServer import CRCServer as Ours
 
