@@ -299,14 +299,17 @@ def test_a_peer_that_stops_reading_is_dropped_at_the_output_cap(network):
     sender = RawPeer.client(a.port, 11, "sender")
     sender.wait_for(lambda m: m, "welcome")
     high_water = 0
-    chats = ClientChatMessage.bytes(11, 10, "x" * 1000) * 100
+    chat = ClientChatMessage.bytes(11, 10, "x" * 1000)
+    chats = chat * 100
     for _ in range(200):  # far more than the kernel's socket buffers and the cap together
         if 10 not in a.hosts_db:
             break
         high_water = max(high_water, len(a.hosts_db[10].write_buffer))
         sender.send(chats)
     wait_for(lambda: 10 not in a.hosts_db, "the sink to be dropped as a departure")
-    assert high_water <= cap, f"unsent output reached {high_water} bytes; the cap is {cap}"
+    # This thread samples the buffer while the server's thread works: it may catch the one chat that
+    # crosses the cap in the instant before the server drops the link, never more.
+    assert high_water <= cap + len(chat), f"unsent output reached {high_water} bytes; the cap is {cap}"
     sender.wait_for(lambda m: any(isinstance(x, ClientQuitMessage) and x.source_id == 10 for x in m),
                     "the sink's departure to be announced")
     assert 11 in a.hosts_db, "the sender reads what it is sent, so it stays"
