@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
 import sys
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 from typing import Any, Dict, List
 
+import pytest
+
 import ChatTestManager as manager
+from Testers import ports as port_tools
 from Testers.drawing import MachineView, draw_network
 from Testers.ports import PortBlock, port_block
 from Testers.reports import junit_xml
@@ -188,14 +192,26 @@ def test_port_blocks_of_different_workers_never_overlap() -> None:
             assert first.high <= second.low, f"with {slots} workers, blocks {first!r} and {second!r} overlap"
 
 
-def test_a_port_block_walks_on_and_skips_ports_in_use() -> None:
+def test_a_port_block_walks_on_and_wraps(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The walk alone: a fixed range of real ports may be held by a parallel test at any moment, so here
+    # only 20009 is in use; the probe itself is tested on a real socket below.
+    monkeypatch.setattr(port_tools, "_port_is_free", lambda port: port != 20009)
     block = PortBlock(20000, 20010)
-    block.next = 20008
-    taken = {20009}
-    assert block.take(taken) == 20008, "the first free port from where the walk stands"
-    assert block.take(taken) == 20000, "20009 is taken, so the walk wraps to the start of the block"
-    ports = {block.take(set()) for _ in range(9)}
-    assert ports <= set(range(20000, 20010)), f"a block handed out a port outside itself: {sorted(ports)}"
+    block.next = 20007
+    assert block.take({20007}) == 20008, "the first free port from where the walk stands, skipping the case's own"
+    assert block.take(set()) == 20000, "20009 is in use, so the walk wraps to the start of the block"
+    ports_taken = [block.take(set()) for _ in range(9)]
+    assert ports_taken == [20001, 20002, 20003, 20004, 20005, 20006, 20007, 20008, 20000], ports_taken
+
+
+def test_a_port_block_skips_a_port_another_program_holds() -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        held = holder.getsockname()[1]
+        block = PortBlock(held, held + 1)
+        with pytest.raises(RuntimeError, match=f"no free port left in {held}-{held}"):
+            block.take(set())
 
 
 def parallel_cases(folder: Path) -> None:
