@@ -138,8 +138,10 @@ def test_output_to_a_slow_reader_is_kept_until_it_reads(servers):
 def test_a_new_neighbour_is_sent_the_whole_network_with_our_id_as_last_hop(servers):
     a = servers(id=1, servername="A", info="root")
     b = servers(id=2, servername="B", parent=a)
-    RawPeer.client(a.port, 10, "alice").wait_for(lambda m: m, "welcome")
-    RawPeer.client(b.port, 11, "bob").wait_for(lambda m: m, "welcome")
+    alice = RawPeer.client(a.port, 10, "alice")
+    alice.wait_for(lambda m: m, "welcome")
+    bob = RawPeer.client(b.port, 11, "bob")
+    bob.wait_for(lambda m: m, "welcome")
     wait_for(lambda: len(a.hosts_db) == 3, "A to know B, alice and bob")
 
     newcomer = RawPeer.server(a.port, 7, "N", "hand-written")
@@ -199,7 +201,8 @@ def test_stopping_announces_nothing_and_leaves_neighbours_state_alone(servers):
     a = servers(id=1, servername="A")
     b = servers(id=2, servername="B", parent=a)
     watcher = RawPeer.client(a.port, 10, "watcher")
-    RawPeer.client(b.port, 11, "on-b").wait_for(lambda m: m, "welcome")
+    on_b = RawPeer.client(b.port, 11, "on-b")
+    on_b.wait_for(lambda m: m, "welcome")
     watcher.wait_for(lambda m: registered_ids(watcher, ClientRegistrationMessage) == {11}, "on-b announced")
     before = len(watcher.messages)
     b.stop()
@@ -329,7 +332,8 @@ def test_a_quit_client_that_never_registers_again_is_let_go(servers):
 
 def test_every_link_asks_the_kernel_to_probe_a_silent_peer(servers):
     a = servers(id=1, servername="A")
-    RawPeer.client(a.port, 10, "probed").wait_for(lambda m: m, "welcome")
+    probed = RawPeer.client(a.port, 10, "probed")  # kept: a peer collected at once would close its socket
+    probed.wait_for(lambda m: m, "welcome")
     sock = a.hosts_db[10].link.sock
     assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
     if hasattr(socket, "TCP_KEEPIDLE"):
