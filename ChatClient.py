@@ -298,7 +298,7 @@ _CONTROLS = {code: f"\\x{code:02x}" for code in list(range(0x20)) + list(range(0
 _CONTROLS.update({ord("\t"): "\\t", ord("\n"): "\\n", ord("\r"): "\\r"})
 
 
-def unsent_bytes(sock: socket.socket) -> int:
+def unsent_bytes(sock: socket.socket) -> int:  # ChatServer has its copy: it stands alone (a test keeps them equal)
     """Bytes given to this socket that its kernel has not sent yet (Nagle's algorithm, or a full
     window, holds them back); Linux can say, elsewhere 0. Sent bytes are at once readable at a peer
     on the same machine, so only these are on their way unseen."""
