@@ -665,8 +665,11 @@ class CRCServer:
         (known through this same link: a merge or a rejoin announces it once more; the entry is
         refreshed), BACK (the same kind of machine, known through a link that is lost and held: it came
         back this way, and takes its place without a departure) or TAKEN (our own id, known through
-        another open link, or held for a machine of the other kind)."""
+        another open link, or held for a machine of the other kind). A neighbour registering itself
+        again is a protocol error: its entry would become a host behind itself."""
         host = self.hosts_db.get(newcomer.id)
+        if host is record:
+            raise ProtocolViolation(f"{record.id} registered itself already")
         if newcomer.id == self.id:
             return TAKEN
         if host is None:

@@ -238,6 +238,22 @@ def test_a_client_may_only_speak_for_itself(network, lie):
     assert watcher.chat_messages_log == [] and 10 in b.hosts_db
 
 
+@pytest.mark.parametrize("again", [
+    ClientRegistrationMessage.bytes(9, 9, "now a client", ""),
+    ServerRegistrationMessage.bytes(9, 9, "born again", ""),
+])
+def test_a_neighbour_server_registers_itself_only_once(network, again):
+    a = network.server(id=1, servername="A")
+    watcher = network.client(a, 10, "watcher")
+    neighbour = RawPeer.server(a.port, 9, "neighbour")
+    wait_for(lambda: a.adjacent_server_ids == [9], "the neighbour to be registered")
+    neighbour.send(again)
+    neighbour.wait_closed()
+    assert len(protocol_errors(neighbour)) == 1, f"expected one protocol error, saw {neighbour.messages!r}"
+    wait_for(lambda: set(a.hosts_db) == {10}, "the neighbour to be gone, and nothing else")
+    assert a.adjacent_server_ids == [] and a.adjacent_user_ids == [10]
+
+
 @pytest.mark.parametrize("first_frame", [
     ClientRegistrationMessage.bytes(0, 0, "zero", ""),
     ServerRegistrationMessage.bytes(0, 0, "zero", ""),
