@@ -953,13 +953,15 @@ class CRCServer:
     def hold_back(self, reader: Link) -> None:
         """The chunk just handled fed server links past their high-water mark: a slow but live server is
         not dropped; the link that feeds it is not read until it catches up (see release_held_back)."""
-        for congested in self.overfed:
-            if congested is not reader and congested.state != CLOSED and reader.state == OPEN:
-                reader.pause()
-                congested.held_back.append(reader)
-                if ("stall", congested) not in self.timers:
-                    self.start_stall_timer(congested)
+        congested = [link for link in self.overfed if link is not reader and link.state != CLOSED]
         self.overfed.clear()
+        if not congested or reader.state != OPEN:
+            return
+        reader.pause()
+        for link in congested:  # each holds the reader until it has caught up
+            link.held_back.append(reader)
+            if ("stall", link) not in self.timers:
+                self.start_stall_timer(link)
 
     def start_stall_timer(self, link: Link) -> None:
         self.timers.start(("stall", link), self.stall_timeout, lambda: self.disconnect(

@@ -19,7 +19,7 @@ from ChatMessageParser import (
     ServerRegistrationMessage,
     StatusUpdateMessage,
 )
-from ChatServer import CRCServer
+from ChatServer import OPEN, PAUSED, CRCServer, Link, ServerConnectionData
 
 pytestmark = pytest.mark.timeout(60)
 ROOT = Path(__file__).resolve().parent.parent
@@ -365,3 +365,28 @@ def test_a_server_that_cannot_listen_frees_what_it_opened_before_it_raises() -> 
             server.run()
     assert server.sel.get_map() is None, "the selector must be closed"
     assert server.waker.fileno() == -1 and server.wake_reader.fileno() == -1, "the waking pair must be closed"
+
+
+def test_a_link_that_fed_several_slow_servers_is_read_again_only_once_all_have_caught_up():
+    server = CRCServer(server_options(id=1, servername="A"))
+    pairs = []
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        for _ in range(3):
+            theirs = socket.create_connection(listener.getsockname())
+            pairs.append((listener.accept()[0], theirs))
+    try:
+        reader, slow, slower = links = [Link(ours, server.sel, ServerConnectionData(n, f"s{n}", ""), False, 1 << 16)
+                                        for n, (ours, _) in enumerate(pairs, 2)]
+        server.links.update(links)
+        server.overfed.update({slow, slower})  # one chunk from the reader took both past their high-water mark
+        server.hold_back(reader)
+        assert reader.state == PAUSED
+        server.release_held_back(slow)
+        assert reader.state == PAUSED, "the slower server has not caught up yet"
+        server.release_held_back(slower)
+        assert reader.state == OPEN
+    finally:
+        for ours, theirs in pairs:
+            ours.close()
+            theirs.close()
+        server.sel.close()
