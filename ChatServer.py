@@ -496,6 +496,10 @@ class CRCServer:
             self.logger.info("server %s (%d) joined as a neighbour", server.server_name, server_id)
             if link.outbound:
                 self.joined_once = True
+                if self.reconnect_tries:  # the backoff starts over only once we are taken in, not at connect
+                    self.logger.info("joined %s:%s again after %d tr%s", self.connect_to_host, self.connect_to_port,
+                                     self.reconnect_tries, "y" if self.reconnect_tries == 1 else "ies")
+                    self.reconnect_tries = 0
             else:  # the server we joined knows us already
                 self.send_message_to_host(server_id, ServerRegistrationMessage.bytes(
                     self.id, self.id, self.server_name, self.server_info))
@@ -929,9 +933,7 @@ class CRCServer:
             self.disconnect(link, f"could not reach {self.connect_to_host}:{self.connect_to_port}:"
                                   f" {os.strerror(error)}")  # the next try is scheduled there
             return
-        self.logger.info("joined %s:%s again after %d tr%s", self.connect_to_host, self.connect_to_port,
-                         self.reconnect_tries, "y" if self.reconnect_tries == 1 else "ies")
-        self.reconnect_tries = 0
+        self.logger.debug("reached %s:%s again; registering", self.connect_to_host, self.connect_to_port)
         link.connected()
         self.flush(link)  # our registration
 

@@ -267,6 +267,32 @@ def test_a_reconnect_that_is_refused_is_tried_again_and_the_server_runs_on(start
         sock.close()
 
 
+def test_refusals_after_a_join_back_off_instead_of_retrying_at_the_first_pace(started) -> None:
+    uplink = socket.create_server(("127.0.0.1", 0))
+    uplink.settimeout(10)
+    started(RunningServer(as_command=True, id=2, servername="B", bind="127.0.0.1", connect_to_host="127.0.0.1",
+                          connect_to_port=uplink.getsockname()[1], reconnect_first=0.1, reconnect_max=5))
+    first, _ = uplink.accept()
+    first.sendall(ServerRegistrationMessage.bytes(1, 1, "A", ""))
+    time.sleep(0.2)
+    first.close()
+    tries = 0
+    uplink.settimeout(0.05)
+    ends = time.monotonic() + 2.5
+    while time.monotonic() < ends:  # every try is taken by TCP, then refused: A still holds B's old link
+        try:
+            again, _ = uplink.accept()
+        except TimeoutError:
+            continue
+        tries += 1
+        again.sendall(StatusUpdateMessage.bytes(1, 0, 2, "A machine has already registered with ID 2"))
+        again.close()
+    uplink.close()
+    # Waits of 0.05-0.1 s, then doubling: at most 5 tries in 2.5 s. Starting over after each refusal,
+    # as if the join had succeeded, gives 25 or more.
+    assert 2 <= tries <= 8, f"{tries} tries in 2.5 s"
+
+
 def test_a_server_to_join_whose_name_does_not_resolve_is_tried_again_and_again(started, tmp_path: Path) -> None:
     log = tmp_path / "alone.log"
     alone = started(RunningServer(as_command=True, id=2, servername="alone", bind="127.0.0.1", alone_if_join_fails=True,
