@@ -24,8 +24,9 @@ Lifecycle, the same for every link:
                 stays connected is back here.
     registered  its peer registered: the peer is an adjacent host in hosts_db, and the link is the
                 first link of the peer and of every host the peer announces.
-    closing     it was refused or broke the protocol: it is read no more, and it is closed once its
-                last message (the status saying why) is sent, or after CLOSE_GRACE.
+    closing     it was refused, broke the protocol or said goodbye (a server quit): it is read no more,
+                and it is closed once its output is sent (after a refusal or a protocol error, the
+                status saying why), or after CLOSE_GRACE.
     held        a registered peer's link closed without a goodbye: the peer vanished (a crash, a cut
                 cable noticed by keepalive probes, a stop by the test manager), or it was closed after
                 a protocol error, at the output cap or after a stall. Its hosts stay in hosts_db for
@@ -223,6 +224,7 @@ class CRCServer:
         # a test manager stopping eleven servers one after another does not wait a turn for each.
         self.wake_reader, self.waker = socket.socketpair()
         self.wake_reader.setblocking(False)
+        self.waker.setblocking(False)  # a full buffer of wake-ups must never block whoever sets the flag
         self.sel.register(self.wake_reader, selectors.EVENT_READ, WAKE_UP)
         self.hosts_db: Dict[int, HostData] = {}
         self.adjacent_server_ids: List[int] = []
@@ -1033,7 +1035,8 @@ class CRCServer:
 
     def next_deadline(self) -> Optional[float]:
         """When (on time.monotonic()) this server's next timer fires: a held departure, a registration
-        timeout, a closing link's grace or a stalled link's limit; None without timers. With is_quiet(),
+        timeout, a closing link's grace, a stalled link's limit, the next try of a lost uplink or the end of
+        a pause in accepting (out of descriptors); None without timers. With is_quiet(),
         it lets a test manager wait through a hold-down."""
         return self.timers.next_deadline()
 
@@ -1267,7 +1270,7 @@ class RoutingTable:
         self.unlist(host_id)
 
 
-TimerKey = Tuple[str, Any]  # what the timer is for ("hold", "register", "closing", "stall") and whom
+TimerKey = Tuple[str, Any]  # what it is for ("hold", "register", "closing", "stall", "reconnect", "accept") and whom
 
 
 class Timers:
