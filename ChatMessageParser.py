@@ -45,7 +45,6 @@ _ID_ID_LENGTH_HEADER = struct.Struct("!BIII")  # client chat and server quit sha
 _CLIENT_QUIT_HEADER = struct.Struct("!BII")
 
 REGISTRATIONS = (SERVER_REGISTRATION, CLIENT_REGISTRATION)
-LARGEST_REGISTRATION = 12 + MAX_BYTE + MAX_HALF  # a 255-byte name and a 65,535-byte info
 
 HEADER_SIZES = {
     SERVER_REGISTRATION: _REGISTRATION_HEADER.size,
@@ -108,7 +107,7 @@ def frame_length(buffer: Union[bytes, bytearray, memoryview], start: int = 0) ->
         raise ProtocolError(f"unknown message type 0x{message_type:02x}")
     if available < header_size:
         return None
-    if message_type in (SERVER_REGISTRATION, CLIENT_REGISTRATION):
+    if message_type in REGISTRATIONS:
         name_length = buffer[start + 9]
         info_length = (buffer[start + 10] << 8) | buffer[start + 11]
         return header_size + name_length + info_length
@@ -370,7 +369,7 @@ class StreamDecoder:
     complete and keeps the rest. A chat, status or quit that declares more than `max_frame_size` bytes is
     refused as soon as its header is in, without waiting for the body (its 4-byte length could make a
     peer hold gigabytes). A registration is never refused for its size: its one-byte and two-byte length
-    fields bound it (LARGEST_REGISTRATION), and every legal one must pass. After a ProtocolError the stream
+    fields bound it (at 65,802 bytes), and every legal one must pass. After a ProtocolError the stream
     has lost its framing: the decoder refuses any further input, and the caller should drop the connection.
     """
 
