@@ -188,13 +188,13 @@ class CaseResult:
     exception: Optional[BaseException] = None  # the first exception a machine raised, if any
     logs: List[Path] = field(default_factory=list)  # the case's log file, and the folder of its machines' logs
     observed: Optional[Dict[str, Dict[str, Any]]] = None  # each machine's keys at the end, if the run completed
-    errors_graded: bool = False  # with --as-course, the keys a case error names are graded all the same
+    graded_errors: List[str] = field(default_factory=list)  # with --as-course, case errors whose key was graded
 
     @property
     def case_error_lines(self) -> List[str]:
-        label = "case error (graded all the same, as the course does)" if self.errors_graded else \
-            "case error (not graded)"
-        return [f"{label}: {error}" for error in self.case_errors]
+        graded = "case error (graded all the same, as the course does)"
+        return [f"{graded if error in self.graded_errors else 'case error (not graded)'}: {error}"
+                for error in self.case_errors]
 
     @property
     def passed(self) -> bool:
@@ -521,9 +521,9 @@ def run_case(path: Path, settings: Optional[Settings] = None) -> CaseResult:
         problem = f"error: {describe_load_error(settings.server_path, error)}\n{traceback.format_exc().rstrip()}"
         return CaseResult(case.name, FAILED, 0.0, [problem], case.weight, case.family, exception=error)
 
-    not_graded: Set[Tuple[str, Optional[str]]] = set()
-    if not settings.as_course:
-        not_graded = {(finding.machine, finding.key) for finding in findings if finding.machine is not None}
+    # A value that cannot be compared is left out in every mode: the course's checker would crash on it.
+    not_graded = {(finding.machine, finding.key) for finding in findings
+                  if finding.machine is not None and (finding.shapeless or not settings.as_course)}
     # Absolute: a server puts a relative log path beside its own file, wherever the manager runs.
     log_dir = Path(settings.logs_dir).resolve() / case.name
     shutil.rmtree(log_dir, ignore_errors=True)  # logs of an earlier run would mislead
@@ -549,7 +549,9 @@ def run_case(path: Path, settings: Optional[Settings] = None) -> CaseResult:
     result = CaseResult(case.name, FAILED if problems else PASSED, time.monotonic() - started, problems,
                         case.weight, case.family, drawing, list(run.waits), [str(finding) for finding in findings],
                         run.unchecked, exceptions[0] if exceptions else None, [log_file, log_dir],
-                        run.observed_state() if completed else None, errors_graded=settings.as_course)
+                        run.observed_state() if completed else None,
+                        [str(finding) for finding in findings if settings.as_course and finding.machine is not None
+                         and (finding.machine, finding.key) not in not_graded])
     _write_log(log_file, case, settings, run, result, trace)
     return result
 
@@ -614,10 +616,10 @@ def print_table(results: List[CaseResult]) -> None:
         summary += (f"; {len(not_run)} case(s) not run for errors in the file"
                     f" ({_points(sum(result.weight for result in not_run))} points not graded)")
     if with_errors:
-        graded_anyway = all(result.errors_graded for result in with_errors)
+        anyway = sum(len(result.graded_errors) for result in with_errors)
         summary += f"; {sum(len(result.case_errors) for result in with_errors)} case error(s) in" \
-                   f" {len(with_errors)} case(s) that ran" \
-                   f" ({'graded all the same, as the course does' if graded_anyway else 'those keys not graded'})"
+                   f" {len(with_errors)} case(s) that ran" + \
+                   (f" ({anyway} graded all the same, as the course does)" if anyway else " (those keys not graded)")
     print(summary, flush=True)
 
 

@@ -31,13 +31,15 @@ from Testers.keys import HOSTS, LINKS, SENT_ASDQW, USERS, find, keys_for
 class Finding:
     """One mistake in a case file. `machine` and `key` say what is not graded because of it: a key, a
     whole final-state entry (key None), or the whole case (`whole_case`); a finding about a command only
-    (machine None, whole_case False) is reported and excludes nothing."""
+    (machine None, whole_case False) is reported and excludes nothing. A `shapeless` value cannot be
+    compared at all, so it is excluded even where other findings are graded all the same (--as-course)."""
 
     where: str  # the command or final-state key, as a reader finds it in the file
     problem: str  # what the file says, and what its own commands imply
     machine: Optional[str] = None
     key: Optional[str] = None
     whole_case: bool = False
+    shapeless: bool = False
 
     def __str__(self) -> str:
         return f"{self.where}: {self.problem}"
@@ -136,12 +138,14 @@ def lint(case: Case) -> List[Finding]:
                                     f" (they launch {launched})", machine=name))
             continue
         if not isinstance(expected, dict):
-            findings.append(Finding(f"final_state[{name!r}]", "must be an object of keys to lists", machine=name))
+            findings.append(Finding(f"final_state[{name!r}]", "must be an object of keys to lists", machine=name,
+                                    shapeless=True))
             continue
         for key_name, value in expected.items():
             problem = key_problem(case, replay, machine, key_name, value, launched_ids)
             if problem:
-                findings.append(Finding(f"final_state[{name!r}][{key_name!r}]", problem, machine=name, key=key_name))
+                findings.append(Finding(f"final_state[{name!r}][{key_name!r}]", problem, machine=name, key=key_name,
+                                        shapeless=not is_comparable(value)))
     return findings
 
 
@@ -152,7 +156,7 @@ def key_problem(case: Case, replay: Replay, machine: Machine, key_name: str, val
     if key is None:
         known = ", ".join(sorted({key.name for key in keys_for(machine.kind, case.type)}))
         return f"unknown key for a {machine.kind} in a {case.type} case; known keys are {known}"
-    if not isinstance(value, list) or not all(isinstance(item, (int, str)) for item in value):
+    if not is_comparable(value):
         return f"must be a list of ids or texts, not {value!r}"
     if key_name == SENT_ASDQW and value:
         return ("the file expects chunks here, but nothing fills this key (the course's recorder records"
@@ -171,6 +175,11 @@ def key_problem(case: Case, replay: Replay, machine: Machine, key_name: str, val
     if key_name in (LINKS, USERS):
         return adjacency_problem(replay, machine, key_name, value)
     return None
+
+
+def is_comparable(value: Any) -> bool:
+    """A list of ids or texts: what the checker can compare, as a multiset or as a set."""
+    return isinstance(value, list) and all(isinstance(item, (int, str)) for item in value)
 
 
 def adjacency_problem(replay: Replay, server: Machine, key_name: str, value: List[Any]) -> Optional[str]:

@@ -233,3 +233,28 @@ def test_python3_crctestmanager_runs_the_suite(tmp_path: Path) -> None:
     run = subprocess.run([sys.executable, str(ROOT / "CRCTestManager.py"), "5_", "--logs", str(tmp_path)],
                          capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert run.returncode == 0 and run.stdout.splitlines()[-1] == "Score: 8/8; 4 of 4 tests passed", run.stdout
+
+
+@pytest.mark.parametrize("as_course", [False, True])
+@pytest.mark.parametrize("oak, complaint", [
+    ({"hosts_db": 5}, "final_state['oak']['hosts_db']: must be a list of ids or texts, not 5"),
+    ([1], "final_state['oak']: must be an object of keys to lists"),
+])
+def test_a_value_of_the_wrong_shape_is_a_case_error_in_every_mode_and_never_fails_the_server(
+        tmp_path: Path, as_course: bool, oak: Any, complaint: str) -> None:
+    # ada's welcome is wrong too: the rest of the case is still graded, and fails on that alone.
+    path = write(tmp_path, "shapeless", NETWORK, {
+        "oak": oak, "ada": {"status_updates_log": ["Welcome to the Clemson Relay Chat network eve"]}})
+    result = manager.run_case(path, manager.Settings(logs_dir=tmp_path / "Logs", as_course=as_course))
+    assert f"case error (not graded): {complaint}" in result.case_error_lines, result.explanation
+    assert [problem.split(":")[0] for problem in result.problems] == ["ada.status_updates_log"], result.explanation
+    assert result.exception is None, result.explanation
+    assert "oak (1)\n" in result.drawing and "oak (1)   <--" not in result.drawing, result.drawing
+
+
+def test_a_value_of_the_wrong_shape_does_not_stop_a_run_as_the_course(tmp_path: Path) -> None:
+    path = write(tmp_path, "shapeless", NETWORK, {"oak": {"hosts_db": 5}})
+    run = subprocess.run([sys.executable, str(ROOT / "ChatTestManager.py"), "--as-course", "-j", "1",
+                          "--logs", str(tmp_path / "Logs"), str(path)], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and "Traceback" not in run.stdout + run.stderr, run.stdout + run.stderr
+    assert "case error (not graded): final_state['oak']['hosts_db']: must be a list" in run.stdout, run.stdout
