@@ -242,6 +242,7 @@ class CaseRun:
         self.server_threads: Dict[str, threading.Thread] = {}
         self.problems: List[str] = []
         self.unchecked: List[str] = []
+        self.compared: Dict[str, Dict[str, List[Any]]] = {}  # machine -> key -> expected, as the checker compared
         self.crashes: List[str] = []  # exceptions that ended a machine's thread
         self.exceptions: List[BaseException] = []
         self.journal: List[str] = []  # what happened, for the log file
@@ -279,6 +280,7 @@ class CaseRun:
                                         self.settings.as_course)
             self.problems.extend(self.crashes + verdict.failures)
             self.unchecked = verdict.unchecked
+            self.compared = verdict.compared
         except Exception as error:  # a server or client that raises is a failed test, not a crash of the run
             self.exceptions.append(error)
             self.problems.extend(self.crashes)
@@ -419,15 +421,9 @@ class CaseRun:
                     state[name][key.name] = f"<unreadable: {error}>"
         return state
 
-    def graded_expectations(self, name: str) -> Dict[str, Any]:
-        """What the final state expects of a machine, less the keys the lint proved wrong."""
-        expected = self.case.final_state.get(name) if isinstance(self.case.final_state, dict) else None
-        if not isinstance(expected, dict) or (name, None) in self.not_graded:
-            return {}
-        return {key: value for key, value in expected.items() if (name, key) not in self.not_graded}
-
     def draw(self) -> str:
-        """The network as the machines saw it at the end, marked where it differs from final_state."""
+        """The network as the machines saw it at the end, marked where it differs from what the checker
+        compared."""
         state = self.observed_state()
         by_port: Dict[int, str] = {}  # written port -> the server launched on it (so far)
         views = []
@@ -443,8 +439,8 @@ class CaseRun:
             drawn = {key.name for key in keys_for(kind, self.case.type) if key.drawn}
             seen = {key: value for key, value in state[command.name].items() if key in drawn}
             views.append(MachineView(command.name, kind, command.options.id, attached, seen,
-                                     self.graded_expectations(command.name)))
-        return draw_network(views, DRAWING_WIDTH)
+                                     self.compared.get(command.name, {})))
+        return draw_network(views, DRAWING_WIDTH, as_sets=self.settings.as_course)
 
 
 class _ErrorsLogged(logging.Handler):
@@ -545,13 +541,13 @@ def run_case(path: Path, settings: Optional[Settings] = None) -> CaseResult:
     drawing = run.draw() if problems and run.machines else ""
     exceptions = run.exceptions + thread_errors.exceptions
     log_file = Path(settings.logs_dir).resolve() / f"{case.name}.log"
+    graded = {(name, key) for name, keys in run.compared.items() for key in keys}  # a case error there: graded anyway
     completed = not (worker.is_alive() or run.crashes or thread_errors.errors or exceptions)
     result = CaseResult(case.name, FAILED if problems else PASSED, time.monotonic() - started, problems,
                         case.weight, case.family, drawing, list(run.waits), [str(finding) for finding in findings],
                         run.unchecked, exceptions[0] if exceptions else None, [log_file, log_dir],
                         run.observed_state() if completed else None,
-                        [str(finding) for finding in findings if settings.as_course and finding.machine is not None
-                         and (finding.machine, finding.key) not in not_graded])
+                        [str(finding) for finding in findings if (finding.machine, finding.key) in graded])
     _write_log(log_file, case, settings, run, result, trace)
     return result
 

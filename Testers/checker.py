@@ -21,6 +21,7 @@ from Testers.keys import find
 class Verdict:
     failures: List[str] = field(default_factory=list)  # one explanation per key that differs
     unchecked: List[str] = field(default_factory=list)  # machine.key named in the file but not compared
+    compared: Dict[str, Dict[str, List[Any]]] = field(default_factory=dict)  # machine -> key -> the list expected
 
 
 def _shown(items: Iterable[Any]) -> str:
@@ -28,19 +29,27 @@ def _shown(items: Iterable[Any]) -> str:
     return "[" + ", ".join(repr(item) for item in sorted(items, key=repr)) + "]"
 
 
-def compare(label: str, expected: List[Any], found: List[Any], as_sets: bool = False) -> Optional[str]:
+def difference(expected: List[Any], found: List[Any], as_sets: bool = False) -> Optional[Tuple[List[Any], List[Any]]]:
     """None when the lists hold the same items as many times each (with `as_sets`, as the course's checker
-    does: the same items, and the same length); otherwise what was expected and what was found."""
+    does: the same items, and the same length); otherwise (missing, extra), both empty when only the
+    counts differ. The drawing marks a machine by this too, so that it marks what the grade saw."""
     if as_sets:
         missing: List[Any] = sorted(set(expected) - set(found), key=repr)
         extra: List[Any] = sorted(set(found) - set(expected), key=repr)
-        if not missing and not extra and len(expected) == len(found):
-            return None
+        same = len(expected) == len(found)
     else:
         missing = list((Counter(expected) - Counter(found)).elements())
         extra = list((Counter(found) - Counter(expected)).elements())
-        if not missing and not extra:
-            return None
+        same = True
+    return None if same and not missing and not extra else (missing, extra)
+
+
+def compare(label: str, expected: List[Any], found: List[Any], as_sets: bool = False) -> Optional[str]:
+    """None when the lists match (see difference); otherwise what was expected and what was found."""
+    differs = difference(expected, found, as_sets)
+    if differs is None:
+        return None
+    missing, extra = differs
     lines = [f"{label}: expected {len(expected)} item(s) {_shown(expected)}",
              f"{' ' * len(label)}  found    {len(found)} item(s) {_shown(found)}"]
     if missing:
@@ -74,6 +83,7 @@ def check_final_state(final_state: Dict[str, Any], machines: Dict[str, Tuple[str
             except (AttributeError, TypeError) as error:
                 verdict.failures.append(f"{label}: expected {_shown(expected)}, but it could not be read: {error}")
                 continue
+            verdict.compared.setdefault(name, {})[key_name] = expected
             explanation = compare(label, expected, found, as_sets=as_course)
             if explanation:
                 verdict.failures.append(explanation)

@@ -15,10 +15,10 @@ and where that differs from the expected final state. Plain ASCII, wrapped to a 
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
+from Testers.checker import difference
 from Testers.keys import KEYS, LINKS
 
 # What each row shows, in order: (label, state key), from the keys' table. A machine shows the rows
@@ -39,22 +39,14 @@ class MachineView:
     id: Optional[int]
     attached_to: Optional[str] = None  # a client's server, or the server a server was launched to join
     seen: Dict[str, Any] = field(default_factory=dict)  # key -> list, or an error text when unreadable
-    expected: Dict[str, List[Any]] = field(default_factory=dict)  # key -> list, for the keys the case checks
-
-
-def difference(expected: List[Any], seen: Any) -> Optional[Tuple[List[Any], List[Any], str]]:
-    """(missing, extra, note) when `seen` differs from `expected` as a multiset, else None."""
-    if not isinstance(seen, list):
-        return [], [], "could not be read"
-    missing = list((Counter(expected) - Counter(seen)).elements())
-    extra = list((Counter(seen) - Counter(expected)).elements())
-    return (missing, extra, "") if missing or extra else None
+    expected: Dict[str, List[Any]] = field(default_factory=dict)  # key -> list, for the keys the checker compared
 
 
 class Drawing:
-    def __init__(self, machines: Sequence[MachineView], width: int) -> None:
+    def __init__(self, machines: Sequence[MachineView], width: int, as_sets: bool) -> None:
         self.machines = list(machines)
         self.width = width
+        self.as_sets = as_sets  # compare as the checker did: as sets under --as-course
         self.by_name = {machine.name: machine for machine in self.machines}
         self.names: Dict[Any, str] = {}  # id -> name; the first machine launched with an id keeps it
         for machine in self.machines:
@@ -72,8 +64,20 @@ class Drawing:
         return f"{name} ({item})" if name is not None else str(item)
 
     def differs(self, machine: MachineView) -> bool:
-        return any(key in machine.seen and difference(expected, machine.seen[key]) is not None
+        return any(key in machine.seen and self.marks(expected, machine.seen[key])
                    for key, expected in machine.expected.items())
+
+    def marks(self, expected: List[Any], seen: Any) -> List[str]:
+        """Where what a machine holds differs from what was expected, by the checker's comparison."""
+        if not isinstance(seen, list):
+            return ["could not be read"]
+        differs = difference(expected, seen, self.as_sets)
+        if differs is None:
+            return []
+        missing, extra = differs
+        return ([f"missing: {', '.join(map(self.label, self.in_order(missing)))}"] if missing else []) + \
+            ([f"extra: {', '.join(map(self.label, self.in_order(extra)))}"] if extra else []) + \
+            ([] if missing or extra else ["same items, but the counts differ"])
 
     # ------------------------------------------------------------------------- the tree's shape
 
@@ -143,14 +147,9 @@ class Drawing:
                 self.wrap(prefix, label, [self.label(item) for item in self.in_order(seen)] or ["(none)"])
             else:
                 self.wrap(prefix, label, [str(seen)])
-            if key in machine.expected:
-                found = difference(machine.expected[key], seen)
-                if found is not None:
-                    missing, extra, note = found
-                    marks = ([f"missing: {', '.join(map(self.label, self.in_order(missing)))}"] if missing else []) + \
-                            ([f"extra: {', '.join(map(self.label, self.in_order(extra)))}"] if extra else []) + \
-                            ([note] if note else [])
-                    self.wrap(prefix, "", ["; ".join(marks)])
+            marks = self.marks(machine.expected[key], seen) if key in machine.expected else []
+            if marks:
+                self.wrap(prefix, "", ["; ".join(marks)])
 
     def wrap(self, prefix: str, label: str, items: List[str]) -> None:
         """Items joined by commas, lines broken between items (or inside one too long for a line)."""
@@ -172,7 +171,9 @@ class Drawing:
         self.lines.extend(indent + text for text in lines[1:])
 
 
-def draw_network(machines: Sequence[MachineView], width: int = 100, headline: bool = True) -> str:
+def draw_network(machines: Sequence[MachineView], width: int = 100, headline: bool = True,
+                 as_sets: bool = False) -> str:
     """The drawing of these machines' network, at most `width` columns wide; the headline explains the
-    marks, which only a comparison with an expected state has."""
-    return Drawing(machines, width).draw(headline)
+    marks, which only a comparison with an expected state has (as sets, as the course's checker does,
+    with `as_sets`)."""
+    return Drawing(machines, width, as_sets).draw(headline)

@@ -258,3 +258,25 @@ def test_a_value_of_the_wrong_shape_does_not_stop_a_run_as_the_course(tmp_path: 
                           "--logs", str(tmp_path / "Logs"), str(path)], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0 and "Traceback" not in run.stdout + run.stderr, run.stdout + run.stderr
     assert "case error (not graded): final_state['oak']['hosts_db']: must be a list" in run.stdout, run.stdout
+
+
+def test_as_course_draws_and_labels_graded_only_what_the_course_compares(tmp_path: Path) -> None:
+    # oak's adjacency list is wrong and eml was never launched: the course compares neither. oak's hosts_db
+    # names oak itself: a case error the course grades. ada expects bob twice: as sets the items agree and
+    # only the count differs.
+    final_state = {"oak": dict(RIGHT["oak"], adjacent_server_ids=[7], hosts_db=[1, 2, 11, 12]),
+                   "eml": {"hosts_db": [1]}, "ada": {"connected_user_ids": [12, 12]}}
+    path = write(tmp_path, "as_course_drawn", NETWORK, final_state)
+    result = manager.run_case(path, manager.Settings(logs_dir=tmp_path / "Logs", as_course=True))
+    assert [problem.split(":")[0] for problem in result.problems] == ["oak.hosts_db", "ada.connected_user_ids"], \
+        result.explanation
+    drawing = result.drawing.splitlines()
+    links = next(index for index, line in enumerate(drawing) if line.startswith("|   links"))
+    assert not drawing[links + 1].startswith("|         "), f"oak's links were not graded:\n{result.drawing}"
+    assert "same items, but the counts differ" in result.drawing and "missing: bob" not in result.drawing, \
+        result.drawing
+    lines = result.case_error_lines
+    assert any(line.startswith("case error (not graded): final_state['oak']['adjacent_server_ids']") for line in lines)
+    assert any(line.startswith("case error (not graded): final_state['eml']") for line in lines), lines
+    assert any(line.startswith("case error (graded all the same, as the course does): final_state['oak']['hosts_db']")
+               for line in lines), lines
