@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import random
 import shutil
 import socket
 import subprocess
@@ -139,8 +138,9 @@ def test_the_same_seed_cuts_the_same_stream_the_same_way() -> None:
     def pieces(seed: str) -> List[bytes]:
         left, right = socket.socketpair()
         with left, right:
-            pipe = Pipe(left, right, random.Random(seed))
+            pipe = Pipe(left, right, seed)
             pipe.cut(bytes(range(200)) * 5)
+            pipe.flush(0.0)  # the stream pauses: what is held of the last piece goes too
             return [piece for _, piece in pipe.pieces]
 
     first, again, other = pieces("7/case/6100/1"), pieces("7/case/6100/1"), pieces("8/case/6100/1")
@@ -148,11 +148,31 @@ def test_the_same_seed_cuts_the_same_stream_the_same_way() -> None:
     assert b"".join(first) == bytes(range(200)) * 5 and any(len(piece) == 1 for piece in first)
 
 
+def test_a_seed_cuts_a_stream_at_the_same_offsets_however_recv_splits_it() -> None:
+    stream = bytes(range(256)) * 8
+
+    def cuts(chunks: List[int]) -> List[int]:
+        left, right = socket.socketpair()
+        with left, right:
+            pipe = Pipe(left, right, "7/case/6100/1")
+            offset = 0
+            for size in chunks:
+                pipe.cut(stream[offset:offset + size])
+                offset += size
+            ends = [0]
+            for _, piece in pipe.pieces:
+                ends.append(ends[-1] + len(piece))
+            return ends[1:]
+
+    whole, split = cuts([len(stream)]), cuts([700, 1, 300, 1000, 47])
+    assert len(whole) > 10 and whole == split, f"cut at {whole} read whole, at {split} read in five chunks"
+
+
 def test_relays_with_the_same_seed_draw_alike_whatever_port_their_server_got() -> None:
     def draws(relay: ChaosRelay) -> List[float]:
         with socket.create_connection(("127.0.0.1", relay.port)):
             wait_for(lambda: len(relay.pipes) == 2, "the relay to take the connection")
-            return [pipe.rng.random() for pipe in relay.pipes.values()]
+            return [(pipe.cutter.left, pipe.delays.random()) for pipe in relay.pipes.values()]
 
     with socket.create_server(("127.0.0.1", 0)) as server, socket.create_server(("127.0.0.1", 0)) as other_run:
         relays = [ChaosRelay(sock.getsockname()[1], "7/case/6100") for sock in (server, other_run)]
