@@ -189,6 +189,7 @@ class CaseResult:
     logs: List[Path] = field(default_factory=list)  # the case's log file, and the folder of its machines' logs
     observed: Optional[Dict[str, Dict[str, Any]]] = None  # each machine's keys at the end, if the run completed
     graded_errors: List[str] = field(default_factory=list)  # with --as-course, case errors whose key was graded
+    logged: List[str] = field(default_factory=list)  # with --as-course, errors servers logged: shown, not failed
 
     @property
     def case_error_lines(self) -> List[str]:
@@ -213,6 +214,7 @@ class CaseResult:
     def explanation(self) -> str:
         lines = list(self.problems) or (["passed"] if self.passed else [])
         lines += self.case_error_lines
+        lines += [f"not failed, as the course does not: {error}" for error in self.logged]
         if self.unchecked:
             lines.append(f"left unchecked, as the course's checker does: {', '.join(self.unchecked)}")
         return "\n".join(lines)
@@ -244,6 +246,8 @@ class CaseRun:
         self.unchecked: List[str] = []
         self.compared: Dict[str, Dict[str, List[Any]]] = {}  # machine -> key -> expected, as the checker compared
         self.crashes: List[str] = []  # exceptions that ended a machine's thread
+        self.logged: List[str] = []  # exceptions servers logged (ours drops a link for a handler's bug)
+        self.loggers: List[Tuple[logging.Logger, _ErrorsLogged]] = []  # what to unhook when the case ends
         self.exceptions: List[BaseException] = []
         self.journal: List[str] = []  # what happened, for the log file
         self.waits: List[WaitRecord] = []
@@ -264,6 +268,12 @@ class CaseRun:
     def clients(self) -> Dict[str, Any]:
         return {name: machine for name, (kind, machine) in self.machines.items() if kind == "client"}
 
+    @property
+    def errors(self) -> List[str]:
+        """What fails the case besides the final state: crashes, and logged errors (which the course's
+        checker never sees, so not under --as-course)."""
+        return self.crashes + ([] if self.settings.as_course else self.logged)
+
     def note(self, text: str) -> None:
         self.journal.append(f"{time.monotonic() - self.started:8.3f}s  {text}")
 
@@ -278,12 +288,12 @@ class CaseRun:
                 command.carry_out(self)
             verdict = check_final_state(self.case.final_state, self.machines, self.case.type, self.not_graded,
                                         self.settings.as_course)
-            self.problems.extend(self.crashes + verdict.failures)
+            self.problems.extend(self.errors + verdict.failures)
             self.unchecked = verdict.unchecked
             self.compared = verdict.compared
         except Exception as error:  # a server or client that raises is a failed test, not a crash of the run
             self.exceptions.append(error)
-            self.problems.extend(self.crashes)
+            self.problems.extend(self.errors)
             self.problems.append(f"error at {self.step}: {type(error).__name__}: {error}")
             self.note(traceback.format_exc())
         finally:
@@ -303,8 +313,12 @@ class CaseRun:
         self.note(f"    {written.servername}: port {options.port}, connects to {options.connect_to_port}")
         server = self.server_class(options, run_on_localhost=True)
         name = written.servername
-        if isinstance(getattr(server, "logger", None), logging.Logger):  # ours logs a handler's bug and goes on
-            server.logger.addHandler(_ErrorsLogged(lambda text: self.crashes.append(f"server {name} {text}")))
+        logger = getattr(server, "logger", None)
+        # One handler per logger: servers that share one would otherwise report each error once per server.
+        if isinstance(logger, logging.Logger) and all(logger is not hooked for hooked, _ in self.loggers):
+            handler = _ErrorsLogged(self.logged.append)
+            logger.addHandler(handler)
+            self.loggers.append((logger, handler))
         thread = threading.Thread(target=self._serve, args=(name, server), name=f"server {name}", daemon=True)
         self.machines[name] = ("server", server)
         self.server_threads[name] = thread
@@ -387,6 +401,9 @@ class CaseRun:
             client.request_terminate = True
         for relay in self.relays.values():
             relay.stop(2.0 if join else None)
+        for logger, handler in self.loggers:  # a logger outlives the case (a module's, say): unhook ours
+            logger.removeHandler(handler)
+        self.loggers.clear()
 
     def busy(self, worker: threading.Thread) -> List[str]:
         """At a time-out: each machine that was not quiet, and where its thread was."""
@@ -445,7 +462,8 @@ class CaseRun:
 
 class _ErrorsLogged(logging.Handler):
     """Takes a server's logged exceptions (ours costs a link, not the server, for a handler's bug) into
-    the case's problems, traceback and all."""
+    the case's report, traceback and all, named by the thread that logged it: each server runs in a
+    thread named for it."""
 
     def __init__(self, report: Callable[[str], None]) -> None:
         super().__init__(logging.ERROR)
@@ -454,7 +472,7 @@ class _ErrorsLogged(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         if record.exc_info:
             trace = "".join(traceback.format_exception(*record.exc_info)).rstrip()
-            self.report(f"logged an unexpected error: {record.getMessage()}\n{trace}")
+            self.report(f"{record.threadName} logged an unexpected error: {record.getMessage()}\n{trace}")
 
 
 class _ThreadErrors:
@@ -534,7 +552,7 @@ def run_case(path: Path, settings: Optional[Settings] = None) -> CaseResult:
             busy = run.busy(worker)
             run.abort()  # the worker is abandoned; it is a daemon thread and holds nothing we need
             problems = [f"time limit: the test was still running after {limit:.1f} s"
-                        f" ({settings.timeout:g} s beyond its WAITs), at {run.step}", *busy] + run.crashes
+                        f" ({settings.timeout:g} s beyond its WAITs), at {run.step}", *busy] + run.errors
         else:
             problems = list(run.problems)
     problems += thread_errors.errors
@@ -542,12 +560,13 @@ def run_case(path: Path, settings: Optional[Settings] = None) -> CaseResult:
     exceptions = run.exceptions + thread_errors.exceptions
     log_file = Path(settings.logs_dir).resolve() / f"{case.name}.log"
     graded = {(name, key) for name, keys in run.compared.items() for key in keys}  # a case error there: graded anyway
-    completed = not (worker.is_alive() or run.crashes or thread_errors.errors or exceptions)
+    completed = not (worker.is_alive() or run.crashes or run.logged or thread_errors.errors or exceptions)
     result = CaseResult(case.name, FAILED if problems else PASSED, time.monotonic() - started, problems,
                         case.weight, case.family, drawing, list(run.waits), [str(finding) for finding in findings],
                         run.unchecked, exceptions[0] if exceptions else None, [log_file, log_dir],
                         run.observed_state() if completed else None,
-                        [str(finding) for finding in findings if (finding.machine, finding.key) in graded])
+                        [str(finding) for finding in findings if (finding.machine, finding.key) in graded],
+                        run.logged if settings.as_course else [])
     _write_log(log_file, case, settings, run, result, trace)
     return result
 
@@ -745,7 +764,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 def report(result: CaseResult) -> None:
     """One line per finished test, and why it failed or what in its file is wrong."""
     print(f"{result.status}  {result.name}  ({result.seconds:.1f} s)", flush=True)
-    for line in result.output.splitlines() if not result.passed or result.case_errors else []:
+    for line in result.output.splitlines() if not result.passed or result.case_errors or result.logged else []:
         print(f"      {line}".rstrip(), flush=True)
 
 

@@ -467,6 +467,42 @@ def test_a_handlers_exception_appears_in_the_failing_tests_report(tmp_path: Path
     assert "Traceback (most recent call last)" in text and "KeyError: 'a bug in the chat handler'" in text, text
 
 
+SHARED_LOGGER_SERVER = '''
+import logging
+from ChatServerBase import CRCServer as Ours
+
+class CRCServer(Ours):
+    def init_logging(self):
+        self.logger = logging.getLogger("crc submission")  # one logger for every server, as many submissions have
+        super().init_logging()
+
+    def handle_client_chat_message(self, io_device, message):
+        super().handle_client_chat_message(io_device, message)
+        raise KeyError("a bug after the chat was passed on")
+'''
+
+
+@pytest.mark.parametrize("as_course", [False, True])
+def test_a_logged_error_is_reported_once_per_case_and_under_as_course_shown_but_not_failed(
+        tmp_path: Path, as_course: bool) -> None:
+    server = tmp_path / "shared" / "ChatServer.py"
+    server.parent.mkdir()
+    server.write_text(SHARED_LOGGER_SERVER)
+    (server.parent / "ChatServerBase.py").write_text((ROOT / "ChatServer.py").read_text())
+    case = write_case(tmp_path, "chat", chat_case(0.2), CHAT_STATE)
+    settings = manager.Settings(server_path=server, logs_dir=tmp_path / "Logs", as_course=as_course)
+    for run in range(2):  # a second case in the same process must not hear the first case's servers
+        result = manager.run_case(case, settings)
+        assert result.passed == as_course, result.explanation
+        # Each of the two servers on the chat's way hits the bug once; the logger they share must not
+        # make every error come out once per server, nor stay hooked for the next case.
+        text = result.explanation
+        assert text.count("logged an unexpected error") == 2, f"run {run + 1}: {text}"
+        assert "server oak logged an unexpected error: unexpected error while serving client ada (11)" in text, text
+        assert "server elm logged an unexpected error: unexpected error while serving server oak (1)" in text, text
+        assert "KeyError: 'a bug after the chat was passed on'" in text, text
+
+
 STUCK_SERVER = '''
 import time
 from ChatServerBase import CRCServer as Ours
