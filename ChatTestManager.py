@@ -438,10 +438,9 @@ class CaseRun:
                     state[name][key.name] = f"<unreadable: {error}>"
         return state
 
-    def draw(self) -> str:
-        """The network as the machines saw it at the end, marked where it differs from what the checker
-        compared."""
-        state = self.observed_state()
+    def draw(self, state: Dict[str, Dict[str, Any]]) -> str:
+        """The network as the machines saw it at the end (`state`, from observed_state), marked where it
+        differs from what the checker compared."""
         by_port: Dict[int, str] = {}  # written port -> the server launched on it (so far)
         views = []
         for command in self.case.launches:
@@ -556,7 +555,8 @@ def run_case(path: Path, settings: Optional[Settings] = None) -> CaseResult:
         else:
             problems = list(run.problems)
     problems += thread_errors.errors
-    drawing = run.draw() if problems and run.machines else ""
+    state = run.observed_state()  # once: a machine left running after a time-out may still change it
+    drawing = run.draw(state) if problems and run.machines else ""
     exceptions = run.exceptions + thread_errors.exceptions
     log_file = Path(settings.logs_dir).resolve() / f"{case.name}.log"
     graded = {(name, key) for name, keys in run.compared.items() for key in keys}  # a case error there: graded anyway
@@ -564,15 +564,15 @@ def run_case(path: Path, settings: Optional[Settings] = None) -> CaseResult:
     result = CaseResult(case.name, FAILED if problems else PASSED, time.monotonic() - started, problems,
                         case.weight, case.family, drawing, list(run.waits), [str(finding) for finding in findings],
                         run.unchecked, exceptions[0] if exceptions else None, [log_file, log_dir],
-                        run.observed_state() if completed else None,
+                        state if completed else None,
                         [str(finding) for finding in findings if (finding.machine, finding.key) in graded],
                         run.logged if settings.as_course else [])
-    _write_log(log_file, case, settings, run, result, trace)
+    _write_log(log_file, case, settings, run, result, trace, state)
     return result
 
 
 def _write_log(log_file: Path, case: Case, settings: Settings, run: CaseRun, result: CaseResult,
-               trace: TraceCapture) -> None:
+               trace: TraceCapture, state: Dict[str, Dict[str, Any]]) -> None:
     server = settings.server_class or Path(settings.server_path).resolve()
     lines = [
         f"case     {case.name} ({case.path})",
@@ -596,9 +596,9 @@ def _write_log(log_file: Path, case: Case, settings: Settings, run: CaseRun, res
         "",
         "observed state:",
     ]
-    for name, state in run.observed_state().items():
+    for name, keys in state.items():
         lines.append(f"  {name}")
-        lines.extend(f"    {key}: {json.dumps(value, default=repr)}" for key, value in state.items())
+        lines.extend(f"    {key}: {json.dumps(value, default=repr)}" for key, value in keys.items())
     lines += ["", "trace (what the servers printed, and each command as *CMD):", *trace.ended(), ""]
     log_file.write_text("\n".join(lines), encoding="utf-8")
 
