@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import _thread
 import argparse
+import ctypes
 import logging
 import random
 import select
@@ -328,6 +329,19 @@ def describe_event(message: Message, known_name: Optional[str]) -> Optional[str]
     return None
 
 
+def gnu_readline() -> Optional[ctypes.CDLL]:
+    """The GNU readline library behind the readline module, to redraw the line being edited; None where
+    there is none (libedit on macOS, no readline on Windows)."""
+    if readline is None or "libedit" in (readline.__doc__ or ""):
+        return None
+    try:
+        library = ctypes.CDLL(getattr(readline, "__file__", None))  # its symbols and those of what it links
+    except OSError:
+        return None
+    wanted = ("rl_clear_visible_line", "rl_forced_update_display", "rl_done", "fflush")  # readline 7 on
+    return library if all(hasattr(library, name) for name in wanted) else None
+
+
 class Screen:
     """The terminal's output. In a terminal, the line being typed stays at the bottom: a line printed
     while the user types goes above it, and the prompt with what was typed so far is drawn again
@@ -343,14 +357,26 @@ class Screen:
         self.hooked = interactive and readline is not None and hasattr(readline, "set_pre_input_hook")
         if self.hooked:
             readline.set_pre_input_hook(self.prompt_drawn)  # type: ignore[union-attr]
+        self.gnu = gnu_readline() if self.hooked else None
 
     def say(self, text: str) -> None:
         with self.lock:
-            if self.typing:
+            if not self.typing:
+                sys.stdout.write(text + "\n")
+            elif self.gnu is None:
                 typed = readline.get_line_buffer() if readline else ""
-                # To the start of the line, clear it, the text, then the prompt and what was typed again.
+                # To the start of the line, clear it, the text, then the prompt and what was typed again
+                # (a typed line wider than the terminal, or a cursor moved back, is not redrawn right).
                 sys.stdout.write(f"\r\x1b[K{text}\n{self.prompt}{typed}")
-            else:
+            elif not ctypes.c_int.in_dll(self.gnu, "rl_done").value:  # the line is still being edited
+                # Readline knows how many rows the line takes and where its cursor is: it clears them
+                # all, and draws them again under the text with the cursor where it was.
+                self.gnu.rl_clear_visible_line()
+                self.gnu.fflush(None)  # readline writes through C's buffered stdout, before the text
+                sys.stdout.write(text + "\n")
+                sys.stdout.flush()
+                self.gnu.rl_forced_update_display()
+            else:  # the line was entered a moment ago: the cursor is already on a fresh row
                 sys.stdout.write(text + "\n")
             sys.stdout.flush()  # through a pipe, output must not wait in a buffer
 

@@ -4,6 +4,7 @@ through plain pipes, against our ChatServer running in a thread of the test proc
 from __future__ import annotations
 
 import argparse
+import re
 import signal
 import socket
 import subprocess
@@ -32,32 +33,113 @@ DEADLINE_SECONDS = 5.0
 CLIENT = str(ROOT / "ChatClient.py")
 
 
+class Display:
+    """What a terminal shows: just enough of an xterm for the output of the client and of readline
+    (printing with wrap at the right margin, carriage return, line feed, backspace, and the CSI
+    sequences that move the cursor, erase and insert). Rows scrolled off the top are dropped."""
+
+    def __init__(self, rows: int, columns: int) -> None:
+        self.columns = columns
+        self.rows = [[" "] * columns for _ in range(rows)]
+        self.row = 0
+        self.column = 0  # == columns: at the right margin, the next character wraps first
+
+    def feed(self, output: str) -> None:
+        for match in re.finditer(r"\x1b\[([?\d;]*)([@A-Za-z])|\x1b[=>]|[\s\S]", output):
+            if match.group(2):
+                self._csi(match.group(1), match.group(2))
+            elif match.group() == "\r":
+                self.column = 0
+            elif match.group() == "\n":
+                self._line_feed()
+            elif match.group() == "\b":
+                self.column = max(0, min(self.column, self.columns - 1) - 1)
+            elif match.group().isprintable():
+                if self.column == self.columns:
+                    self.column = 0
+                    self._line_feed()
+                self.rows[self.row][self.column] = match.group()
+                self.column += 1
+
+    def _line_feed(self) -> None:
+        if self.row == len(self.rows) - 1:
+            self.rows = self.rows[1:] + [[" "] * self.columns]
+        else:
+            self.row += 1
+
+    def _csi(self, parameter: str, final: str) -> None:
+        if parameter.startswith("?"):
+            return  # modes such as bracketed paste: nothing shown
+        count = int(parameter or 1)
+        row, column = self.rows[self.row], min(self.column, self.columns - 1)
+        if final == "A":
+            self.row, self.column = max(0, self.row - count), column
+        elif final == "B":
+            self.row, self.column = min(len(self.rows) - 1, self.row + count), column
+        elif final == "C":
+            self.column = min(self.columns - 1, column + count)
+        elif final == "D":
+            self.column = max(0, column - count)
+        elif final == "G":
+            self.column = min(self.columns, count) - 1
+        elif final in "KJ" and parameter in ("", "0"):
+            row[column:] = [" "] * (self.columns - column)
+            if final == "J":
+                for below in self.rows[self.row + 1:]:
+                    below[:] = [" "] * self.columns
+        elif final == "@":
+            row[column:] = ([" "] * count + row[column:])[:self.columns - column]
+        elif final == "P":
+            row[column:] = (row[column + count:] + [" "] * count)[:self.columns - column]
+        else:
+            raise AssertionError(f"the test's terminal does not know the sequence ESC [{parameter}{final}")
+
+    def lines(self) -> List[str]:
+        """The rows down to the cursor's, without trailing blanks."""
+        return ["".join(row).rstrip() for row in self.rows[:self.row + 1]]
+
+
 class Terminal:
     """One running ChatClient.py, in a pseudo-terminal ("pty") or behind pipes ("pipe").
 
-    Everything it prints is kept in `transcript`, so waits do not depend on the order of output.
+    Everything it prints is kept in `transcript`, so waits do not depend on the order of output; in a
+    pseudo-terminal of `columns` columns, `display` shows what the user would see.
     """
 
-    def __init__(self, mode: str, port: int, name: str, user_id: int) -> None:
+    def __init__(self, mode: str, port: int, name: str, user_id: int, columns: int = 80) -> None:
         self.name = name
         self.mode = mode
         arguments = [CLIENT, "-S", "127.0.0.1", "-P", str(port), "-U", name, "--id", str(user_id)]
         if mode == "pty":
-            self.child = pexpect.spawn(sys.executable, arguments, cwd=str(ROOT), encoding="utf-8")
+            self.child = pexpect.spawn(sys.executable, arguments, cwd=str(ROOT), encoding="utf-8",
+                                       dimensions=(24, columns))
         else:
             self.child = pexpect.popen_spawn.PopenSpawn([sys.executable] + arguments, cwd=str(ROOT), encoding="utf-8")
         self.transcript = ""
+        self.display = Display(24, columns)
         self.ended = False
 
     def _read(self) -> None:
         if self.ended:
             return
         try:
-            self.transcript += self.child.read_nonblocking(4096, timeout=0.05).replace("\r\n", "\n")
+            output = self.child.read_nonblocking(4096, timeout=0.05)
         except pexpect.TIMEOUT:
-            pass
+            return
         except pexpect.EOF:
             self.ended = True
+            return
+        self.transcript += output.replace("\r\n", "\n")
+        self.display.feed(output)
+
+    def wait_for_display(self, lines: List[str]) -> None:
+        """Wait until these are the last rows shown, the cursor on the last of them."""
+        def shown() -> bool:
+            self._read()
+            return self.display.lines()[-len(lines):] == lines
+
+        wait_until(shown, lambda: f"expected {self.name}'s terminal to end with the rows {lines};"
+                                  f" it shows:\n" + "\n".join(self.display.lines()))
 
     def wait_for(self, text: str, count: int = 1) -> None:
         def seen() -> bool:
@@ -261,11 +343,50 @@ def test_typing_survives_an_incoming_message_and_history_recalls_a_line(server: 
         alice.child.send("/msg bob hel")  # typed, not yet entered
         alice.wait_for("> /msg bob hel")
         bob.type("/msg alice interrupting")
-        alice.wait_for("\x1b[Kbob: interrupting\n> /msg bob hel")  # above the line being typed, which is drawn again
+        alice.wait_for_display(["bob: interrupting", "> /msg bob hel"])  # above the line being typed, drawn again
         alice.child.send("lo\r")
         bob.wait_for("alice: hello")
         alice.child.send("\x1b[A\r")  # up arrow: the last line again
         bob.wait_for("alice: hello", count=2)
+    finally:
+        alice.close()
+        bob.close()
+
+
+LEFT = "\x1b[D"  # the left arrow key
+
+
+def test_a_message_arriving_mid_line_leaves_the_cursor_where_the_user_was_typing(server: CRCServer) -> None:
+    alice = Terminal("pty", server.port, "alice", 11)
+    bob = Terminal("pipe", server.port, "bob", 12)
+    try:
+        alice.wait_for("* bob is online (id 12)")
+        alice.child.send("/msg bob hello wor" + LEFT * 3)
+        alice.wait_for_display(["> /msg bob hello wor"])
+        bob.type("/msg alice interrupting")
+        alice.wait_for("bob: interrupting")
+        alice.child.send("X")  # goes where the cursor was, before "wor"
+        alice.wait_for_display(["bob: interrupting", "> /msg bob hello Xwor"])
+        alice.child.send("\r")
+        bob.wait_for("alice: hello Xwor")
+    finally:
+        alice.close()
+        bob.close()
+
+
+def test_a_message_arriving_while_a_typed_line_wraps_clears_all_its_rows(server: CRCServer) -> None:
+    alice = Terminal("pty", server.port, "alice", 11, columns=30)
+    bob = Terminal("pipe", server.port, "bob", 12)
+    try:
+        alice.wait_for("* bob is online (id 12)")
+        alice.child.send("/msg bob " + "a" * 30 + "b" * 30)  # the prompt and this fill 2 rows and a bit
+        typed = ["> /msg bob " + "a" * 19, "a" * 11 + "b" * 19, "b" * 11]
+        alice.wait_for_display(typed)
+        bob.type("/msg alice interrupting")
+        alice.wait_for_display(["bob: interrupting"] + typed)
+        above = alice.display.lines()[:-len(typed) - 1]
+        assert not [row for row in above if "aaaa" in row or "bbbb" in row], \
+            "expected no piece of the typed line left above the message; the terminal shows:\n" + "\n".join(above)
     finally:
         alice.close()
         bob.close()
