@@ -522,17 +522,19 @@ def run_case(path: Path, settings: Optional[Settings] = None) -> CaseResult:
     try:
         case = load_case(path)
     except CaseError as error:
-        return CaseResult(path.stem, CASE_ERROR, 0.0, [], declared_weight(path), case_errors=[str(error)])
+        return _not_run(CaseResult(path.stem, CASE_ERROR, 0.0, [], declared_weight(path), case_errors=[str(error)]),
+                        path, settings)
     findings = lint(case)
     whole = [finding for finding in findings if finding.whole_case]
     if whole:
-        return CaseResult(case.name, CASE_ERROR, 0.0, [], case.weight, case.family,
-                          case_errors=[str(finding) for finding in findings])
+        return _not_run(CaseResult(case.name, CASE_ERROR, 0.0, [], case.weight, case.family,
+                                   case_errors=[str(finding) for finding in findings]), path, settings)
     try:
         server_class = server_class_for(settings)
     except Exception as error:  # whatever a submission raises on import is its failure, not the run's
         problem = f"error: {describe_load_error(settings.server_path, error)}\n{traceback.format_exc().rstrip()}"
-        return CaseResult(case.name, FAILED, 0.0, [problem], case.weight, case.family, exception=error)
+        return _not_run(CaseResult(case.name, FAILED, 0.0, [problem], case.weight, case.family, exception=error),
+                        path, settings)
 
     # A value that cannot be compared is left out in every mode: the course's checker would crash on it.
     not_graded = {(finding.machine, finding.key) for finding in findings
@@ -568,6 +570,19 @@ def run_case(path: Path, settings: Optional[Settings] = None) -> CaseResult:
                         [str(finding) for finding in findings if (finding.machine, finding.key) in graded],
                         run.logged if settings.as_course else [])
     _write_log(log_file, case, settings, run, result, trace, state)
+    return result
+
+
+def _not_run(result: CaseResult, path: Path, settings: Settings) -> CaseResult:
+    """A case that could not run still gets its log, saying why, in place of an earlier run's logs."""
+    logs = Path(settings.logs_dir).resolve()
+    shutil.rmtree(logs / result.name, ignore_errors=True)
+    logs.mkdir(parents=True, exist_ok=True)
+    result.logs = [logs / f"{result.name}.log"]
+    server = settings.server_class or Path(settings.server_path).resolve()
+    lines = [f"case     {result.name} ({path})", f"server   {server}", "", f"result   {result.status}",
+             *result.explanation.splitlines(), ""]
+    result.logs[0].write_text("\n".join(lines), encoding="utf-8")
     return result
 
 

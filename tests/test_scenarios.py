@@ -313,3 +313,28 @@ def test_a_submission_imports_the_parser_beside_it_while_the_kit_keeps_ours(tmp_
     assert module.PARSER == "the submission"
     assert sys.modules["ChatMessageParser"] is ChatMessageParser, "the kit's parser was replaced by the submission's"
     assert ("ChatServer" in sys.modules) == had_chat_server and sys.modules.get("ChatServer") is not module
+
+
+@pytest.mark.parametrize("commands, server, said", [
+    (["LAUNCHSERVER --id 7 --servername hub --port 4100", "WAIT soon", "KILL ALL"], None,
+     "command 2 'WAIT soon': WAIT needs one number of seconds"),
+    (["LAUNCHSERVER --id 7 --servername hub --port 4100", "LAUNCHSERVER --id 8 --servername rim --port 4100",
+      "KILL ALL"], None, "port 4100 is taken: server hub listens there already"),
+    (ONE_SERVER_ONE_CLIENT, "class CRCServer(:\n", "cannot load"),
+])
+def test_a_case_that_cannot_run_still_writes_its_log_in_place_of_an_old_one(
+        tmp_path: Path, commands: List[str], server: str, said: str) -> None:
+    logs = tmp_path / "Logs"
+    (logs / "broken").mkdir(parents=True)
+    (logs / "broken.log").write_text("an earlier run's log, which would mislead")
+    (logs / "broken" / "hub.log").write_text("an earlier run's server log")
+    settings = manager.Settings(logs_dir=logs)
+    if server:
+        settings.server_path = tmp_path / "sub" / "ChatServer.py"
+        settings.server_path.parent.mkdir()
+        settings.server_path.write_text(server)
+    result = manager.run_case(write_case(tmp_path, "broken", commands, {}), settings)
+    log = (logs / "broken.log").read_text()
+    assert "earlier run" not in log and said in log and f"result   {result.status}" in log, log
+    assert not (logs / "broken").exists(), "an earlier run's machine logs would mislead"
+    assert result.logs == [logs / "broken.log"], result.logs
