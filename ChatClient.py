@@ -472,8 +472,6 @@ class TerminalChat:
         welcome_check = threading.Timer(NO_WELCOME_SECONDS, self.warn_if_not_welcomed)
         welcome_check.daemon = True
         welcome_check.start()
-        self.screen.say(f"Connected to {self.client.server_host}:{self.client.server_port} as"
-                        f" {printable(self.client.client_name)} (id {self.client.id}). Type /help for commands.")
         try:
             self.wakeable = True
             try:
@@ -652,6 +650,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         except ImportError:  # Windows, say: plain input
             pass
     chat = TerminalChat(client, interactive)  # before run(): the welcome can arrive as soon as we have registered
+    # Before run() too: its listener shows the welcome and who is online at once.
+    chat.screen.say(f"Connecting to {client.server_host}:{client.server_port} as {printable(client.client_name)}"
+                    f" (id {client.id}). Type /help for commands.")
     try:
         client.run()
     except OSError as error:

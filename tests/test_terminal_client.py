@@ -19,7 +19,7 @@ import pytest
 from netkit import RawPeer, wait_until
 
 from ChatClient import MAX_CHAT_CONTENT
-from ChatMessageParser import ClientChatMessage
+from ChatMessageParser import ClientChatMessage, ClientRegistrationMessage, StatusUpdateMessage
 from ChatServer import CRCServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -417,6 +417,24 @@ def test_piped_input_is_carried_out_to_the_end_and_every_answer_shown(server: CR
     assert run.returncode == 0, run.stdout + run.stderr
     assert "[server] Unknown ID 424242" in run.stdout and "piper: to myself" in run.stdout, run.stdout
     assert run.stdout.rstrip().endswith("Bye."), run.stdout
+
+
+@pytest.mark.parametrize("mode", ["pty", "pipe"])
+def test_the_banner_comes_before_the_first_events(mode: str) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as eager:
+        port = eager.getsockname()[1]
+        terminal = Terminal(mode, port, "alice", 11)
+        try:
+            connection, _ = eager.accept()
+            with connection:  # the welcome and a join, already waiting when the client starts to listen
+                connection.sendall(StatusUpdateMessage.bytes(1, 11, 0, "Welcome to the Clemson Relay Chat network alice")
+                                   + ClientRegistrationMessage.bytes(12, 1, "bob", ""))
+                terminal.wait_for("* bob is online (id 12)")
+            banner = terminal.transcript.find(f"Connecting to 127.0.0.1:{port} as alice (id 11).")
+            assert 0 <= banner < terminal.transcript.find("[server] Welcome"), \
+                f"expected the banner first; the screen shows:\n{terminal.transcript}"
+        finally:
+            terminal.close()
 
 
 def test_a_server_that_never_welcomes_is_reported() -> None:
