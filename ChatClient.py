@@ -351,6 +351,7 @@ class Screen:
         self.interactive = interactive
         self.prompt = "> " if interactive else ""
         self.typing = False  # the prompt is on the screen and input() waits for the user's line
+        self.in_input = False  # the main thread waits in input(), outside our code (see TerminalChat.run)
         self.lock = threading.Lock()
         # With readline, the lock is held from before input() draws the prompt until readline calls
         # this hook, so that no line is printed into the middle of the prompt.
@@ -381,8 +382,11 @@ class Screen:
             sys.stdout.flush()  # through a pipe, output must not wait in a buffer
 
     def prompt_drawn(self) -> None:
+        # Run by readline inside input(), where readline would drop a ServerGone: not between these lines.
+        self.in_input = False
         self.typing = True
         self.lock.release()
+        self.in_input = True
 
     def read_line(self) -> str:
         """The user's next line; EOFError at the end of input."""
@@ -392,8 +396,10 @@ class Screen:
             with self.lock:
                 self.typing = self.interactive
         try:
+            self.in_input = True
             return input(self.prompt)
         finally:
+            self.in_input = False
             if self.hooked and not self.typing:
                 self.lock.release()  # input() ended before readline drew the prompt
             else:
@@ -418,7 +424,7 @@ class TerminalChat:
         self.unfinished: Dict[int, List[str]] = {}  # sender -> the parts of a long chat so far
         self.last_event = time.monotonic()
         self.main_thread = threading.main_thread()
-        self.wakeable = False  # the main thread may be woken by ServerGone (it is in run()'s loop)
+        self.wakeable = False  # the main thread is in run()'s loop, and is woken if the server goes
         client.on_event = self.on_event
 
     # --------------------------------------------------------------------- the network's side
@@ -463,7 +469,12 @@ class TerminalChat:
     def run(self) -> int:
         """Returns the exit status: 0 after /quit or end of input, 1 if the server went away, 130 on Ctrl-C."""
         def server_gone(signal_number: int, frame: object) -> None:
-            if self.wakeable:  # elsewhere the loop's own test of client.connected notices
+            # Only while the main thread waits in input(): there the exception ends the wait, and
+            # read_line()'s finally sets the screen's lock right. Raised anywhere else, it could land
+            # between the lock's acquire and the try that releases it (or in prompt_drawn), and the
+            # last line, "Disconnected", would wait for the lock forever. Out of input(), the loop's
+            # own test of client.connected notices; on_disconnect wakes again until then.
+            if self.screen.in_input:
                 raise ServerGone()
 
         if hasattr(signal, "SIGUSR1"):
