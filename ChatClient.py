@@ -36,6 +36,8 @@ from ChatMessageParser import (
     StatusUpdateMessage,
     StreamDecoder,
 )
+from ChatMessageParser import MAX_BYTE as MAX_NAME_BYTES  # a registration's length fields
+from ChatMessageParser import MAX_HALF as MAX_INFO_BYTES
 from ChatMessageParser import MAX_INT as MAX_ID
 
 try:  # for unsent_bytes, on a system that can count them
@@ -51,7 +53,6 @@ CONNECT_TIMEOUT_SECONDS = 10.0
 # several chats, each as full as UTF-8 allows; a chat within 3 bytes of this (less than one character
 # short) says that the next chat from its sender continues it.
 MAX_CHAT_CONTENT = DEFAULT_MAX_FRAME_SIZE - HEADER_SIZES[CLIENT_CHAT]
-MAX_NAME_BYTES, MAX_INFO_BYTES = 0xFF, 0xFFFF  # a registration's length fields
 
 
 def split_for_frames(text: str) -> List[str]:
@@ -623,11 +624,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
             return value
         return number
 
-    def text_of_at_most(limit: int, what: str, may_be_empty: bool = True) -> Callable[[str], str]:
+    def text_of_at_most(limit: int, what: str, may_be_empty: bool = True,
+                         may_hold_spaces: bool = True) -> Callable[[str], str]:
         def check(text: str) -> str:
             if not text and not may_be_empty:
                 raise argparse.ArgumentTypeError(f"{what} may not be empty")
-            if any(char.isspace() for char in text) and not may_be_empty:
+            if any(char.isspace() for char in text) and not may_hold_spaces:
                 raise argparse.ArgumentTypeError(f"{what} may not hold white space (others could not /msg it),"
                                                  f" not {text!r}")
             if len(text.encode("utf-8")) > limit:
@@ -640,7 +642,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-S", "--serverhost", required=True, help="host name or address of a CRC server")
     parser.add_argument("-P", "--serverport", required=True, type=within(1, 65535), help="port of that server")
-    parser.add_argument("-U", "--username", required=True, type=text_of_at_most(MAX_NAME_BYTES, "a name", False),
+    a_name = text_of_at_most(MAX_NAME_BYTES, "a name", may_be_empty=False, may_hold_spaces=False)
+    parser.add_argument("-U", "--username", required=True, type=a_name,
                         help="your name on the network: no spaces, at most 255 bytes")
     parser.add_argument("-I", "--info", default="", type=text_of_at_most(MAX_INFO_BYTES, "the info"),
                         help="a line about you")
