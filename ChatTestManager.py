@@ -70,7 +70,7 @@ from Testers import ports, tester_class  # noqa: E402
 from Testers.cases import Case, declared_weight, load_case, select_cases  # noqa: E402
 from Testers.chaos import ChaosRelay  # noqa: E402
 from Testers.checker import check_final_state  # noqa: E402
-from Testers.commands import CaseError, LaunchClient, LaunchServer, parse_command, split_arguments  # noqa: E402,F401
+from Testers.commands import CaseError, parse_command, split_arguments  # noqa: E402,F401
 from Testers.drawing import MachineView, draw_network  # noqa: E402
 from Testers.keys import CONNECTIVITY, keys_for  # noqa: E402
 from Testers.lint import lint  # noqa: E402
@@ -444,17 +444,14 @@ class CaseRun:
         by_port: Dict[int, str] = {}  # written port -> the server launched on it (so far)
         views = []
         for command in self.case.launches:
-            if isinstance(command, LaunchServer):
-                attached = by_port.get(command.options.connect_to_port)
+            attached = by_port.get(command.joins) if command.joins is not None else None
+            if command.KIND == "server":
                 by_port[command.options.port] = command.name
-            else:
-                attached = by_port.get(command.options.serverport)
             if command.name not in state:
                 continue  # never launched: the run stopped before it
-            kind = self.machines[command.name][0]
-            drawn = {key.name for key in keys_for(kind, self.case.type) if key.drawn}
+            drawn = {key.name for key in keys_for(command.KIND, self.case.type) if key.drawn}
             seen = {key: value for key, value in state[command.name].items() if key in drawn}
-            views.append(MachineView(command.name, kind, command.options.id, attached, seen,
+            views.append(MachineView(command.name, command.KIND, command.options.id, attached, seen,
                                      self.compared.get(command.name, {})))
         return draw_network(views, DRAWING_WIDTH, as_sets=self.settings.as_course)
 

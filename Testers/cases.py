@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Union
 
-from Testers.commands import CaseError, ClientCommand, Command, Kill, LaunchClient, LaunchServer, Wait, parse_command
+from Testers.commands import CaseError, ClientCommand, Command, Kill, Launch, Wait, parse_command
 from Testers.keys import CASE_TYPES
 
 CASE_KEYS = {"type", "commands", "final_state"}
@@ -39,8 +39,8 @@ class Case:
         return sum(command.seconds for command in self.commands if isinstance(command, Wait))
 
     @property
-    def launches(self) -> List[Union[LaunchServer, LaunchClient]]:
-        return [command for command in self.commands if isinstance(command, (LaunchServer, LaunchClient))]
+    def launches(self) -> List[Launch]:
+        return [command for command in self.commands if isinstance(command, Launch)]
 
 
 def load_case(path: Path) -> Case:
@@ -69,10 +69,10 @@ def load_case(path: Path) -> Case:
     for number, line in enumerate(data["commands"], 1):
         try:
             command = parse_command(line)
-            if isinstance(command, (LaunchServer, LaunchClient)):
+            if isinstance(command, Launch):
                 if command.name in kinds:
                     raise CaseError(f"a machine named {command.name!r} is already launched")
-                kinds[command.name] = "server" if isinstance(command, LaunchServer) else "client"
+                kinds[command.name] = command.KIND
             elif isinstance(command, ClientCommand) and kinds.get(command.username) != "client":
                 raise CaseError(f"no client named {command.username!r} has been launched")
             elif isinstance(command, Kill) and command.target != "ALL" and command.target not in kinds:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import math
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Protocol, Type, Union
+from typing import Any, ClassVar, Dict, List, Optional, Protocol, Type, TypeVar, Union
 
 
 class CaseError(ValueError):
@@ -75,43 +75,50 @@ def _options(prog: str, *specs: tuple) -> _OptionParser:  # type: ignore[type-ar
     return parser
 
 
+L = TypeVar("L", bound="Launch")
+
+
 @dataclass
-class LaunchServer:
-    """Start a server; its ports are the ones written in the case (the run maps them to free ones)."""
+class Launch:
+    """Start a machine; the ports are the ones written in the case (the run maps them to free ones)."""
 
     options: argparse.Namespace
-    VERB = "LAUNCHSERVER"
-    PARSER = _options(VERB, ("--id", int, False, None), ("--servername", str, True, None), ("--port", int, True, None),
-                      ("--info", str, False, ""), ("--connect_to_host", str, False, None),
-                      ("--connect_to_port", int, False, None), ("--log-file", str, False, None))
+    KIND: ClassVar[str]  # "server" or "client"
+    VERB: ClassVar[str]
+    PARSER: ClassVar[_OptionParser]
+    NAME: ClassVar[str]  # the option that names the machine
+    JOINS: ClassVar[str]  # the option that names the port of the server it joins
 
     @classmethod
-    def parse(cls, arguments: List[str]) -> "LaunchServer":
+    def parse(cls: Type[L], arguments: List[str]) -> L:
         return cls(cls.PARSER.parse_args(arguments))
 
     @property
     def name(self) -> str:
-        return str(self.options.servername)
+        return str(getattr(self.options, self.NAME))
+
+    @property
+    def joins(self) -> Optional[int]:
+        """The port written for the server it joins (None: a server that joins no one)."""
+        port: Optional[int] = getattr(self.options, self.JOINS)
+        return port
+
+
+class LaunchServer(Launch):
+    KIND, VERB, NAME, JOINS = "server", "LAUNCHSERVER", "servername", "connect_to_port"
+    PARSER = _options(VERB, ("--id", int, False, None), ("--servername", str, True, None), ("--port", int, True, None),
+                      ("--info", str, False, ""), ("--connect_to_host", str, False, None),
+                      ("--connect_to_port", int, False, None), ("--log-file", str, False, None))
 
     def carry_out(self, run: Runner) -> None:
         run.launch_server(self.options)
 
 
-@dataclass
-class LaunchClient:
-    options: argparse.Namespace
-    VERB = "LAUNCHCLIENT"
+class LaunchClient(Launch):
+    KIND, VERB, NAME, JOINS = "client", "LAUNCHCLIENT", "username", "serverport"
     PARSER = _options(VERB, ("--id", int, False, None), ("--serverhost", str, False, "localhost"),
                       ("--serverport", int, True, None), ("--username", str, True, None), ("--info", str, False, ""),
                       ("--log-file", str, False, None))
-
-    @classmethod
-    def parse(cls, arguments: List[str]) -> "LaunchClient":
-        return cls(cls.PARSER.parse_args(arguments))
-
-    @property
-    def name(self) -> str:
-        return str(self.options.username)
 
     def carry_out(self, run: Runner) -> None:
         run.launch_client(self.options)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Set
 
 from Testers.cases import Case
-from Testers.commands import ClientCommand, Kill, LaunchClient, LaunchServer
+from Testers.commands import ClientCommand, Kill, Launch
 from Testers.keys import HOSTS, LINKS, SENT_ASDQW, USERS, find, keys_for
 
 
@@ -66,19 +66,16 @@ class Replay:
         listeners: Dict[int, str] = {}  # port -> the server listening there now
         for number, (line, command) in enumerate(zip(case.lines, case.commands), 1):
             where = f"command {number} {line!r}"
-            if isinstance(command, LaunchServer):
-                options = command.options
-                server = self.launch(command.name, "server", options.id)
-                if options.port in listeners:
-                    self.findings.append(Finding(where, f"port {options.port} is taken: server"
-                                                 f" {listeners[options.port]} listens there already",
-                                                 whole_case=True))
-                if options.connect_to_port is not None:
-                    self.join(server, listeners.get(options.connect_to_port), options.connect_to_port, where)
-                listeners[options.port] = command.name
-            elif isinstance(command, LaunchClient):
-                client = self.launch(command.name, "client", command.options.id)
-                self.join(client, listeners.get(command.options.serverport), command.options.serverport, where)
+            if isinstance(command, Launch):
+                machine = self.launch(command.name, command.KIND, command.options.id)
+                own = command.options.port if command.KIND == "server" else None  # where a server listens
+                if own in listeners:
+                    self.findings.append(Finding(where, f"port {own} is taken: server {listeners[own]} listens"
+                                                 " there already", whole_case=True))
+                if command.joins is not None:
+                    self.join(machine, listeners.get(command.joins), command.joins, where)
+                if own is not None:
+                    listeners[own] = command.name
             elif isinstance(command, ClientCommand) and command.action == "QUIT":
                 self.machines[command.username].quit = True
             elif isinstance(command, Kill) and command.target != "ALL":
