@@ -167,7 +167,7 @@ class Settings:
     keep_ports: bool = False
     logs_dir: Path = DEFAULT_LOGS_DIR
     strict_waits: bool = False  # every WAIT takes its full time, as in the course's kit
-    as_course: bool = False  # grade as the course's checker does: its keys only, no lint
+    as_course: bool = False  # grade as the course's checker does: its keys only, case errors graded all the same
     server_class: Optional[type] = None  # a CRCServer class to test instead of server_path's (in-process runs)
     ports: Optional[Tuple[int, int]] = None  # the ports the servers may use (low, high), shared among the workers
     chaos: Optional[int] = None  # a seed: connections to servers pass through relays that cut, glue and delay
@@ -750,7 +750,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                              " random points, glues writes together and delays them, all drawn from SEED")
     parser.add_argument("--as-course", action="store_true",
                         help="grade exactly as the course's checker does: only its keys, machines it cannot find"
-                             " skipped, no lint")
+                             " skipped, the lint's findings reported but graded all the same (except values that"
+                             " cannot be compared), errors a server logs shown but not failed")
     parser.add_argument("-j", "--jobs", type=workers, default=os.cpu_count() or 1, metavar="N",
                         help="run N cases at a time in worker processes (default: one per core, %(default)s here);"
                              " 1 runs them one by one in this process")
@@ -855,7 +856,6 @@ def run_mutants(paths: List[Path], settings: Settings, jobs: int, require_kill: 
 def print_mutant_matrix(paths: List[Path], results: List[CaseResult], require_kill: bool) -> int:
     columns = ["_".join(path.stem.split("_")[:2]) for path in paths]
     width = max(len(mutant.name) for mutant in MUTANTS)
-    total = sum(declared_weight(path) for path in paths)
     print("\nMutants by cases (X: the case fails, so it catches the mutant; .: the mutant passes it)")
     print(f"{'':<{width}}  " + " ".join(f"{column:>3}" for column in columns) + "   score")
     survivors = []
@@ -863,6 +863,7 @@ def print_mutant_matrix(paths: List[Path], results: List[CaseResult], require_ki
         row = results[number * len(paths):(number + 1) * len(paths)]
         marks = ["X" if result.status == FAILED else "." for result in row]
         score = sum(result.score for result in row)
+        total = sum(result.graded_weight for result in row)  # a case error counts for nothing, as in the table
         print(f"{mutant.name:<{width}}  " + " ".join(f"{mark:>3}" for mark in marks) + f"   {_points(score)}/"
               f"{_points(total)}", flush=True)
         if "X" not in marks:
@@ -916,9 +917,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     settings = Settings(args.server, args.slow, args.timeout, args.keep_ports, args.logs, args.strict_waits,
                         args.as_course, ports=args.ports, chaos=args.chaos)
-    jobs = 1 if args.keep_ports else min(args.jobs, len(paths))  # cases as written share their ports
+    jobs = 1 if args.keep_ports else args.jobs  # cases as written share their ports
     if args.mutants:
-        return run_mutants(paths, settings, 1 if args.keep_ports else args.jobs, args.require_kill)
+        return run_mutants(paths, settings, jobs, args.require_kill)
     started = time.monotonic()
     try:
         results = run_cases(paths, settings, jobs)

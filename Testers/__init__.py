@@ -2,8 +2,10 @@
 
 A case's `type` picks how its servers are built from the CRCServer under test:
 `network_connectivity` wraps it in a recorder of raw bytes, `CRC_functionality` uses it unchanged.
-The other modules: checker (final state), quiet (quiet waits), ports (a port block per worker),
-drawing (the network as text), reports (Gradescope and JUnit files) and demo (--demo).
+The other modules: cases (reading case files), commands (their verbs), keys (the final-state keys),
+lint (mistakes in a case file), checker (final state), quiet (quiet waits), ports (a port block per
+worker), trace (what servers print, for the log), drawing (the network as text), reports (Gradescope
+and JUnit files), record (--record), mutants (--mutants), chaos (--chaos) and demo (--demo).
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ def gradescope_results(results: Sequence[Any], seconds: float, visibility: str =
     score = sum(result.score for result in results)
     total = sum(result.graded_weight for result in results)
     passed = sum(result.passed for result in results)
+    graded = sum(result.status in ("PASS", "FAIL") for result in results)  # as the console counts them
     tests: List[Dict[str, Any]] = []
     for result in results:
         verdict = {"PASS": "passed", "FAIL": "failed"}.get(result.status, "not graded: the case file has errors")
@@ -43,7 +44,7 @@ def gradescope_results(results: Sequence[Any], seconds: float, visibility: str =
     return {
         "score": score,
         "execution_time": round(seconds, 1),
-        "output": (f"{problem}\n" if problem else "") + f"{passed} of {len(results)} tests passed; {score:g} of"
+        "output": (f"{problem}\n" if problem else "") + f"{passed} of {graded} tests passed; {score:g} of"
                   f" {total:g} points",
         "visibility": visibility,
         "stdout_visibility": "hidden",  # the run's console output repeats what the tests say

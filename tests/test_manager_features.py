@@ -19,7 +19,7 @@ import ChatTestManager as manager
 from Testers import ports as port_tools
 from Testers.drawing import MachineView, draw_network
 from Testers.ports import PortBlock, port_block
-from Testers.reports import junit_xml
+from Testers.reports import gradescope_results, junit_xml
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -523,3 +523,16 @@ def test_a_time_out_names_the_machines_still_busy_and_where_they_are(tmp_path: P
     text = result.explanation
     assert text.startswith("time limit: the test was still running"), text
     assert re.search(r"server oak: busy, in handle_client_chat_message \(ChatServer\.py, line 7\)", text), text
+
+
+def test_gradescope_and_the_mutant_matrix_count_only_graded_cases(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    # A case error counts for nothing: not as a test in Gradescope's summary, not as points in the matrix.
+    good = manager.CaseResult("1_good", manager.PASSED, 0.1, [], 2)
+    broken = manager.CaseResult("2_broken", manager.CASE_ERROR, 0.0, [], 3, case_errors=["command 1: no"])
+    data = gradescope_results([good, broken], 0.2)
+    assert data["output"] == "1 of 1 tests passed; 2 of 2 points", data["output"]
+    paths = [write_case(tmp_path, "1_good", [], {}, weight=2), write_case(tmp_path, "2_broken", [], {}, weight=3)]
+    manager.print_mutant_matrix(paths, [good, broken] * len(manager.MUTANTS), require_kill=False)
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(manager.MUTANTS[0].name)]
+    assert rows and rows[0].endswith("   2/2"), rows
