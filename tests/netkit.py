@@ -152,11 +152,11 @@ def first_or_none(items: List[Any], predicate: Callable[[Any], bool]) -> Optiona
 class ServerProcess:
     """`python3 ChatServer.py` in a process of its own, for tests where a crash or a signal is the point."""
 
-    def __init__(self, *arguments: str) -> None:
+    def __init__(self, *arguments: str, preexec_fn: Optional[Callable[[], None]] = None) -> None:
         root = Path(__file__).resolve().parent.parent
         self.process = subprocess.Popen(
             [sys.executable, str(root / "ChatServer.py"), "--bind", "127.0.0.1", "--port", "0", *arguments],
-            cwd=root, stderr=subprocess.PIPE, text=True)
+            cwd=root, stderr=subprocess.PIPE, text=True, preexec_fn=preexec_fn)
         self.log: List[str] = []
         deadline = time.monotonic() + DEADLINE
         while time.monotonic() < deadline:

@@ -14,8 +14,6 @@ import random
 import resource
 import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, List
@@ -31,6 +29,7 @@ from ChatMessageParser import (
     ServerRegistrationMessage,
     StatusUpdateMessage,
 )
+from Testers.ports import block as port_block
 
 pytestmark = pytest.mark.timeout(180)
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,8 +37,9 @@ QUICK = ["--reconnect-first", "0.2", "--reconnect-max", "0.5"]  # tries again wi
 
 
 def free_port() -> int:
-    with socket.create_server(("127.0.0.1", 0)) as probe:
-        return int(probe.getsockname()[1])
+    """A port for a server that restarts on it: from below the ephemeral range, where no outgoing
+    connection of a parallel test can take it between the restarts."""
+    return port_block.take(set())
 
 
 def registered(peer: RawPeer) -> List[int]:
@@ -270,11 +270,11 @@ def test_a_reconnect_that_is_refused_is_tried_again_and_the_server_runs_on(start
 def test_refusals_after_a_join_back_off_instead_of_retrying_at_the_first_pace(started) -> None:
     uplink = socket.create_server(("127.0.0.1", 0))
     uplink.settimeout(10)
-    started(RunningServer(as_command=True, id=2, servername="B", bind="127.0.0.1", connect_to_host="127.0.0.1",
-                          connect_to_port=uplink.getsockname()[1], reconnect_first=0.1, reconnect_max=5))
+    b = started(RunningServer(as_command=True, id=2, servername="B", bind="127.0.0.1", connect_to_host="127.0.0.1",
+                              connect_to_port=uplink.getsockname()[1], reconnect_first=0.1, reconnect_max=5))
     first, _ = uplink.accept()
     first.sendall(ServerRegistrationMessage.bytes(1, 1, "A", ""))
-    time.sleep(0.2)
+    wait_for(lambda: b.adjacent_server_ids == [1], "B to join A")
     first.close()
     tries = 0
     uplink.settimeout(0.05)
@@ -309,18 +309,14 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def test_out_of_file_descriptors_the_server_neither_spins_nor_stops_serving(tmp_path: Path) -> None:
+def test_out_of_file_descriptors_the_server_neither_spins_nor_stops_serving() -> None:
     def few_descriptors() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (32, 32))
 
-    process = subprocess.Popen([sys.executable, "ChatServer.py", "--servername", "tight", "--port", "0", "--bind",
-                                "127.0.0.1"], cwd=ROOT, stderr=subprocess.PIPE, text=True, preexec_fn=few_descriptors)
+    server = ServerProcess("--servername", "tight", preexec_fn=few_descriptors)
+    port, process = server.port, server.process
     flood: List[socket.socket] = []
     try:
-        line = process.stderr.readline()
-        while "listening on" not in line:
-            line = process.stderr.readline()
-        port = int(line.rsplit(":", 1)[1])
         regular = RawPeer.client(port, 10, "regular")
         regular.wait_for(lambda m: m, "welcome")
         flood = [socket.create_connection(("127.0.0.1", port)) for _ in range(60)]  # far past 32 descriptors
@@ -338,5 +334,4 @@ def test_out_of_file_descriptors_the_server_neither_spins_nor_stops_serving(tmp_
     finally:
         for sock in flood:
             sock.close()
-        process.kill()
-        process.wait()
+        server.kill()

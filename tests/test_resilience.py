@@ -89,7 +89,7 @@ def test_a_client_that_vanishes_is_announced_as_quit(network):
 
 
 def test_state_holds_during_the_hold_down_and_changes_after_it(network):
-    a = network.server(id=1, servername="A", split_hold=1.5)
+    a = network.server(id=1, servername="A", split_hold=3)
     b_process = network.process("--id", "2", "--servername", "B", "--connect_to_port", str(a.port))
     watcher = network.client(a, 10, "watcher")
     behind_b = RawPeer.client(b_process.port, 20, "behind-b")
@@ -98,11 +98,10 @@ def test_state_holds_during_the_hold_down_and_changes_after_it(network):
     b_process.stop(signal.SIGKILL)
     wait_for(lambda: a.held_links(), "A to notice the lost link")
     noticed = time.monotonic()
-    time.sleep(1.0)  # within the 1.5 s hold-down, with room for a busy machine
-    assert time.monotonic() - noticed < 1.5, "the test itself ran late; it cannot judge the hold-down"
-    assert set(a.hosts_db) == {2, 10, 20} and a.adjacent_server_ids == [2], \
-        "nothing may change within the hold-down (it lasted less than 1 s)"
-    assert 20 in watcher.connected_user_ids
+    time.sleep(1.0)  # well within the 3 s hold-down, with room for a busy machine
+    held = (set(a.hosts_db), a.adjacent_server_ids[:], 20 in watcher.connected_user_ids)
+    assert time.monotonic() - noticed < 3, "the test itself ran late; it cannot judge the hold-down"
+    assert held == ({2, 10, 20}, [2], True), f"nothing may change within the hold-down (it lasted less than 1 s): {held}"
     wait_for(lambda: set(a.hosts_db) == {10}, "A to drop B and its client after the hold-down")
     wait_for(lambda: 20 not in watcher.connected_user_ids, "the watcher to hear of the netsplit")
     assert a.adjacent_server_ids == []
@@ -148,7 +147,7 @@ def test_killing_a_middle_server_of_eleven_leaves_every_survivor_right(network):
 
 
 def test_a_server_back_within_the_hold_down_takes_its_place_and_only_what_stays_away_departs(network):
-    a = network.server(id=1, servername="A", split_hold=2)
+    a = network.server(id=1, servername="A", split_hold=5)  # room for a new process to start on a busy machine
     watcher = RawPeer.client(a.port, 10, "watcher")
     first = network.process("--id", "2", "--servername", "B", "--connect_to_port", str(a.port))
     old_client = RawPeer.client(first.port, 20, "old-client")
@@ -157,7 +156,8 @@ def test_a_server_back_within_the_hold_down_takes_its_place_and_only_what_stays_
     first.stop(signal.SIGKILL)
     wait_for(lambda: a.held_links() == [2], "A to notice the lost link")
     network.process("--id", "2", "--servername", "B-again", "--connect_to_port", str(a.port))
-    wait_for(lambda: a.hosts_db[2].server_name == "B-again", "A to take the new B in the old one's place")
+    wait_for(lambda: getattr(a.hosts_db.get(2), "server_name", None) == "B-again",
+             "A to take the new B in the old one's place")
     assert a.adjacent_server_ids == [2] and 20 in a.hosts_db, "no departure within the hold-down"
     watcher.pump(0.2)
     assert not watcher.of_type(ClientQuitMessage), "coming back within the hold-down announces no departure"
@@ -241,10 +241,10 @@ def test_a_client_may_only_speak_for_itself(network, lie):
 @pytest.mark.parametrize("again", [
     ClientRegistrationMessage.bytes(9, 9, "now a client", ""),
     ServerRegistrationMessage.bytes(9, 9, "born again", ""),
-])
+], ids=["as a client", "as a server again"])
 def test_a_neighbour_server_registers_itself_only_once(network, again):
     a = network.server(id=1, servername="A")
-    watcher = network.client(a, 10, "watcher")
+    network.client(a, 10, "watcher")
     neighbour = RawPeer.server(a.port, 9, "neighbour")
     wait_for(lambda: a.adjacent_server_ids == [9], "the neighbour to be registered")
     neighbour.send(again)
@@ -506,8 +506,8 @@ def test_a_chat_into_the_hold_down_gets_its_sender_unknown_id_at_once(network):
     b.stop(signal.SIGKILL)
     wait_for(lambda: a.held_links() == [2], "A to notice the lost link and hold its hosts")
     sender.message_other_client(20, "are you there?")
-    wait_for(lambda: "Unknown ID 20" in sender.status_updates_log, "the sender to hear that 20 is out of reach",
-             timeout=5)
+    # Long before the 60 s hold-down ends: the sender is told at once, not when the departure comes.
+    wait_for(lambda: "Unknown ID 20" in sender.status_updates_log, "the sender to hear that 20 is out of reach")
     assert 20 in a.hosts_db, "still within the hold-down: the state itself must not change yet"
 
 
@@ -530,7 +530,8 @@ def test_from_the_command_line_a_failed_join_is_an_error_unless_asked_to_start_a
                           "127.0.0.1", "--connect_to_port", str(port)], cwd=ROOT, capture_output=True, text=True,
                          timeout=20)
     assert run.returncode == 1, run.stderr
-    assert run.stderr.splitlines()[-1].startswith(f"ChatServer.py: could not join localhost:{port}: "), run.stderr
+    assert (run.stderr.splitlines() or [""])[-1].startswith(f"ChatServer.py: could not join localhost:{port}: "), \
+        run.stderr
     alone = ServerProcess("--servername", "alone", "--connect_to_port", str(port), "--alone-if-join-fails")
     try:
         wait_for(lambda: "running as a network of our own" in "".join(alone.log), "the server to say it runs alone")
