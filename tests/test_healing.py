@@ -194,7 +194,7 @@ def test_two_networks_that_share_a_client_id_merge_and_each_keeps_its_own(starte
     z.send(ClientChatMessage.bytes(70, 50, "to the 50 on my side"))
     first.wait_for(lambda m: first.of_type(ClientChatMessage), "a chat to the shared id, on the sender's side")
     second.pump(0.2)
-    assert not second.of_type(ClientChatMessage)
+    assert not second.of_type(ClientChatMessage), f"the 50 on the other side got {second.of_type(ClientChatMessage)}"
     assert 60 in registered(first) and 50 not in registered(first), "a client learns of the others, not of its twin"
     for side, other in (("A", "client second (50)"), ("B", "client first (50)")):
         log = (tmp_path / f"{side}.log").read_text()

@@ -335,9 +335,10 @@ def test_every_link_asks_the_kernel_to_probe_a_silent_peer(servers):
     probed = RawPeer.client(a.port, 10, "probed")  # kept: a peer collected at once would close its socket
     probed.wait_for(lambda m: m, "welcome")
     sock = a.hosts_db[10].link.sock
-    assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+    assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1, "keepalive probes must be on"
     if hasattr(socket, "TCP_KEEPIDLE"):
-        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 10
+        idle = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE)
+        assert idle == 10, f"expected the first probe after 10 s of silence, not {idle} s"
 
 
 class ServerWithABuggyDeparture(CRCServer):
