@@ -13,7 +13,9 @@ writes `Logs/NAME.log` for each, and returns the sum of the points of the cases 
 per case: `test` (its name), `passed`, `errors` (the explanation, or None) and `exception` (with
 catch_exceptions, the first exception a server or client raised, or None). Without catch_exceptions such
 an exception propagates out of run_tests, as in the course's manager. A key the lint proves wrong is
-not graded (the explanation names it); a case that cannot run at all fails with the reason.
+not graded (the explanation names it); a case that cannot run at all fails with the reason, and so does
+each case when the ChatServer.py beside this file cannot be loaded (a syntax error, say). Each case
+is reported as it ends, as ChatTestManager.py reports it.
 
 CRCServerImpl replaces the CRCServer imported from ChatServer.py beside this file; CRCMessageParserImpl
 (a module, or any object with the contract's names) is what that ChatServer.py imports as its
@@ -27,35 +29,28 @@ from types import ModuleType
 from typing import Any, Dict, List, Optional, Tuple
 
 import ChatTestManager
-from ChatTestManager import CASE_ERROR, KIT_DIR, Settings, load_server_module, run_case
+from ChatTestManager import CASE_ERROR, KIT_DIR, Settings, report, run_case
 
 
 class CRCTestManager:
     def __init__(self, CRCServerImpl: Optional[type] = None, CRCMessageParserImpl: Any = None,
                  catch_exceptions: bool = False) -> None:
-        self.server_class = CRCServerImpl or self.server_importing(CRCMessageParserImpl)
+        # Nothing is loaded here: each case loads ChatServer.py as it runs, so that a submission that
+        # cannot load fails each case, saying why, instead of the autograder's script.
+        self.server_class = CRCServerImpl
+        self.parser = None if CRCMessageParserImpl is None else as_module(CRCMessageParserImpl)
         self.catch_exceptions = catch_exceptions
         self.cases_dir = KIT_DIR / "TestCases"
         self.logs_dir = KIT_DIR / "Logs"
 
-    @staticmethod
-    def server_importing(parser: Any) -> type:
-        """The kit's CRCServer, imported with `parser` as its ChatMessageParser (ours when None)."""
-        if parser is None:
-            return load_server_module(ChatTestManager.DEFAULT_SERVER).CRCServer  # type: ignore[no-any-return]
-        if not isinstance(parser, ModuleType):
-            module = ModuleType("ChatMessageParser")
-            module.__dict__.update({name: getattr(parser, name) for name in dir(parser) if not name.startswith("__")})
-            parser = module
-        return load_server_module(ChatTestManager.DEFAULT_SERVER, parser).CRCServer  # type: ignore[no-any-return]
-
     def run_tests(self, tests: Dict[str, float]) -> Tuple[float, List[Dict[str, Any]]]:
-        settings = Settings(logs_dir=self.logs_dir, server_class=self.server_class)
+        settings = Settings(server_path=ChatTestManager.DEFAULT_SERVER, logs_dir=self.logs_dir,
+                            server_class=self.server_class, parser=self.parser)
         score = 0.0
         results: List[Dict[str, Any]] = []
         for name, points in tests.items():
             result = run_case(self.cases_dir / f"{name}.cfg", settings)
-            print(f"{result.status}  {name}  ({result.seconds:.1f} s)", flush=True)
+            report(result)
             if result.exception is not None and not self.catch_exceptions:
                 raise result.exception
             if result.passed:
@@ -66,6 +61,15 @@ class CRCTestManager:
             results.append({"test": name, "passed": result.passed, "errors": errors,
                             "exception": result.exception if self.catch_exceptions else None})
         return score, results
+
+
+def as_module(parser: Any) -> ModuleType:
+    """A parser given as any object with the contract's names, as a module the server can import."""
+    if isinstance(parser, ModuleType):
+        return parser
+    module = ModuleType("ChatMessageParser")
+    module.__dict__.update({name: getattr(parser, name) for name in dir(parser) if not name.startswith("__")})
+    return module
 
 
 if __name__ == "__main__":

@@ -169,6 +169,7 @@ class Settings:
     strict_waits: bool = False  # every WAIT takes its full time, as in the course's kit
     as_course: bool = False  # grade as the course's checker does: its keys only, case errors graded all the same
     server_class: Optional[type] = None  # a CRCServer class to test instead of server_path's (in-process runs)
+    parser: Optional[ModuleType] = None  # what server_path imports as ChatMessageParser (in-process runs)
     ports: Optional[Tuple[int, int]] = None  # the ports the servers may use (low, high), shared among the workers
     chaos: Optional[int] = None  # a seed: connections to servers pass through relays that cut, glue and delay
 
@@ -508,7 +509,7 @@ def where(frame: Optional[FrameType]) -> str:
 def server_class_for(settings: Settings) -> type:
     if settings.server_class is not None:
         return settings.server_class
-    return load_server_module(settings.server_path).CRCServer  # type: ignore[no-any-return]
+    return load_server_module(settings.server_path, settings.parser).CRCServer  # type: ignore[no-any-return]
 
 
 def run_case(path: Path, settings: Optional[Settings] = None) -> CaseResult:

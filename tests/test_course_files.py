@@ -280,3 +280,20 @@ def test_as_course_draws_and_labels_graded_only_what_the_course_compares(tmp_pat
     assert any(line.startswith("case error (not graded): final_state['eml']") for line in lines), lines
     assert any(line.startswith("case error (graded all the same, as the course does): final_state['oak']['hosts_db']")
                for line in lines), lines
+
+
+def test_crctestmanager_reports_a_server_that_cannot_load_per_case(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    # As the course's autograder meets a submission with a syntax error: built, run, each case failed.
+    broken = tmp_path / "ChatServer.py"
+    broken.write_text("class CRCServer(:\n")
+    monkeypatch.setattr(manager, "DEFAULT_SERVER", broken)
+    grader = CRCTestManager(catch_exceptions=True)
+    grader.logs_dir = tmp_path / "Logs"
+    score, results = grader.run_tests({"3_1_clients_1_server_1_client": 3, "4_2_chat_1_hop": 3})
+    assert score == 0 and [result["passed"] for result in results] == [False, False], results
+    for result in results:
+        assert f"error: cannot load {broken}: SyntaxError" in result["errors"], result["errors"]
+        assert isinstance(result["exception"], SyntaxError), result
+    assert "FAIL  4_2_chat_1_hop" in capsys.readouterr().out
+    assert "cannot load" in (tmp_path / "Logs" / "4_2_chat_1_hop.log").read_text()
