@@ -77,6 +77,11 @@ def continues(part: str) -> bool:
     """Whether a chat is a part that the sender's next chat continues (see MAX_CHAT_CONTENT)."""
     return len(part.encode("utf-8")) > MAX_CHAT_CONTENT - 4
 
+
+def part_count(parts: List[str]) -> int:
+    """How many parts a text went in, as a person counts them: not the empty part that may close it."""
+    return max(1, sum(1 for part in parts if part))
+
 # Called from the listener thread after the client's state has taken a message in. The second
 # argument is the name the sender had before the message (so a quit still has a name), or None.
 EventHook = Callable[[Message, Optional[str]], None]
@@ -159,7 +164,7 @@ class CRCClient:
         """Send a chat in as many parts as it takes; how many parts were sent (0: not connected)."""
         parts = split_for_frames(text)
         frames = [ClientChatMessage.bytes(self.id, destination_id, part) for part in parts]
-        count = max(1, sum(1 for part in parts if part))  # not the empty part that may close a long text
+        count = part_count(parts)
         what = f"chat to {destination_id}" + (f" in {count} parts" if count > 1 else "")
         return count if self._send(b"".join(frames), what) else 0
 
@@ -316,15 +321,16 @@ def printable(text: str) -> str:
     return text.translate(_CONTROLS)
 
 
-def describe_event(message: Message, known_name: Optional[str]) -> Optional[str]:
-    """One line for a person: what a client saw happen (None for what a person need not see)."""
+def describe_event(message: Message, known_name: Optional[str], content: Optional[str] = None) -> Optional[str]:
+    """One line for a person: what a client saw happen (None for what a person need not see). `content`
+    stands for a chat's own: the whole of a text that came in several parts."""
     sender = printable(known_name) if known_name else f"id {message.source_id}"
     if isinstance(message, ClientRegistrationMessage):
         return f"* {printable(message.client_name)} is online (id {message.source_id})"
     if isinstance(message, ClientQuitMessage):
         return f"* {sender} left" + (f": {printable(message.content)}" if message.content else "")
     if isinstance(message, ClientChatMessage):
-        return f"{sender}: {printable(message.content)}"
+        return f"{sender}: {printable(message.content if content is None else content)}"
     if isinstance(message, StatusUpdateMessage):
         return f"[server] {printable(message.content)}"
     return None
@@ -422,7 +428,7 @@ class TerminalChat:
         self.screen = Screen(interactive)
         self.last_peer: Optional[int] = None  # whom a plain line goes to
         self.last_writer: Optional[int] = None  # whom /reply answers
-        self.unfinished: Dict[int, List[str]] = {}  # sender -> the parts of a long chat so far
+        self.unfinished: Dict[int, List[ClientChatMessage]] = {}  # sender -> the parts of a long chat so far
         self.last_event = time.monotonic()
         self.main_thread = threading.main_thread()
         self.wakeable = False  # the main thread is in run()'s loop, and is woken if the server goes
@@ -435,19 +441,24 @@ class TerminalChat:
         self.last_event = time.monotonic()
         if isinstance(message, ClientChatMessage):
             self.last_writer = message.source_id
-            parts = self.unfinished.setdefault(message.source_id, [])
-            parts.append(message.content)
-            if continues(message.content):
-                return  # the rest is on its way
-            del self.unfinished[message.source_id]
-            sender = printable(known_name) if known_name else f"id {message.source_id}"
-            whole = "".join(parts)
-            count = sum(1 for part in parts if part)  # not the empty part that may close a long text
-            self.screen.say(f"{sender}: {printable(whole)}" + (f"   ({count} parts)" if count > 1 else ""))
+            self.unfinished.setdefault(message.source_id, []).append(message)
+            if not continues(message.content):  # else the rest is on its way
+                self.show_chat(self.unfinished.pop(message.source_id), known_name)
             return
+        if isinstance(message, ClientQuitMessage) and message.source_id in self.unfinished:
+            # The sender left before the last part of a long text (a netsplit too): what came is
+            # better shown, marked, than held back forever.
+            self.show_chat(self.unfinished.pop(message.source_id), known_name, cut_short=True)
         text = describe_event(message, known_name)
         if text is not None:
             self.screen.say(text)
+
+    def show_chat(self, parts: List[ClientChatMessage], known_name: Optional[str], cut_short: bool = False) -> None:
+        contents = [part.content for part in parts]
+        count = part_count(contents)
+        notes = ([f"{count} parts"] if count > 1 else []) + (["cut short"] if cut_short else [])
+        note = f"   ({', '.join(notes)})" if notes else ""
+        self.screen.say(f"{describe_event(parts[0], known_name, ''.join(contents))}{note}")
 
     def on_disconnect(self) -> None:
         """In the listener thread, once the server has ended the connection: wake the main thread, which

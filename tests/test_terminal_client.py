@@ -19,7 +19,7 @@ import pytest
 from netkit import RawPeer, wait_until
 
 from ChatClient import MAX_CHAT_CONTENT
-from ChatMessageParser import ClientChatMessage, ClientRegistrationMessage, StatusUpdateMessage
+from ChatMessageParser import ClientChatMessage, ClientQuitMessage, ClientRegistrationMessage, StatusUpdateMessage
 from ChatServer import CRCServer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -323,6 +323,20 @@ def test_a_message_that_fills_a_frame_exactly_is_shown_at_once_and_alone(open_te
     alice.wait_for("-> bob: after")  # reads the long line's echo, which alice must write out before going on
     bob.wait_for("alice: after")  # not "alice: fff...fafter   (2 parts)", as if the two were one
     assert bob.transcript.count(f"alice: {full}") == 1 and "(2 parts)" not in bob.transcript
+
+
+@pytest.mark.timeout(60)
+def test_a_long_message_whose_sender_quits_before_its_end_is_shown_cut_short(open_terminal: Callable[..., Terminal],
+                                                                             server: CRCServer) -> None:
+    alice = open_terminal("alice", 11)
+    mallory = RawPeer.client(server.port, 66, "mallory")
+    alice.wait_for("* mallory is online (id 66)")
+    first = "m" * MAX_CHAT_CONTENT  # a part that says the next one continues it
+    mallory.send(ClientChatMessage.bytes(66, 11, first) + ClientQuitMessage.bytes(66, "gone"))
+    alice.wait_for("* mallory left: gone")
+    shown = alice.transcript.find(f"mallory: {first}   (cut short)")  # not lost, nor held back
+    assert 0 <= shown < alice.transcript.find("* mallory left"), \
+        f"expected the part that came, marked cut short, then the quit; the screen shows:\n{alice.transcript[-300:]}"
 
 
 def test_control_characters_from_others_are_shown_escaped(open_terminal: Callable[..., Terminal],
