@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import select
 import signal
@@ -12,7 +13,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from ChatMessageParser import ClientRegistrationMessage, ServerRegistrationMessage, StreamDecoder
 from ChatServer import PAUSED, BaseConnectionData, CRCServer, Link
@@ -186,3 +187,11 @@ class ServerProcess:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait(DEADLINE)
+
+
+def write_case(folder: Path, name: str, commands: List[str], final_state: Dict[str, Any], **extra: Any) -> Path:
+    """A case file in the course's format, NAME.cfg in folder; extra keys (a type, a weight) go in as they are."""
+    path = folder / f"{name}.cfg"
+    path.write_text(json.dumps({"type": "CRC_functionality", "commands": commands, "final_state": final_state,
+                                **extra}))
+    return path

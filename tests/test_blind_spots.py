@@ -4,14 +4,13 @@ chat between two clients of one server that must never leave it."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, List
 
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
-from netkit import RawPeer, RunningServer, wait_for
+from netkit import RawPeer, RunningServer, wait_for, write_case
 
 import ChatClient
 import ChatTestManager as manager
@@ -26,12 +25,6 @@ from ChatMessageParser import (
 
 pytestmark = pytest.mark.timeout(120)
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def write_case(folder: Path, commands: List[str], final_state: Dict[str, Any]) -> Path:
-    path = folder / "case.cfg"
-    path.write_text(json.dumps({"type": "CRC_functionality", "commands": commands, "final_state": final_state}))
-    return path
 
 
 CHAT = [
@@ -59,7 +52,7 @@ def test_a_client_listeners_exception_fails_the_case_with_its_traceback(tmp_path
         handle(client, message)
 
     monkeypatch.setattr(ChatClient.CRCClient, "_handle", breaks_on_chats)
-    result = manager.run_case(write_case(tmp_path, CHAT, {"oak": {"hosts_db": [11, 12]}}),
+    result = manager.run_case(write_case(tmp_path, "case", CHAT, {"oak": {"hosts_db": [11, 12]}}),
                               manager.Settings(logs_dir=tmp_path / "Logs"))
     assert not result.passed, "a listener that died must fail the case, though the state checked is right"
     assert "RuntimeError: the listener broke on a chat" in result.explanation, result.explanation
@@ -80,7 +73,7 @@ def test_a_server_threads_crash_fails_the_case_naming_the_server(tmp_path: Path)
     server.parent.mkdir()
     server.write_text(CRASHING_SERVER)
     (server.parent / "ChatServerBase.py").write_text((ROOT / "ChatServer.py").read_text())
-    case = write_case(tmp_path, ["LAUNCHSERVER --id 1 --servername oak --port 4100", "WAIT 0.2", "KILL ALL"],
+    case = write_case(tmp_path, "case", ["LAUNCHSERVER --id 1 --servername oak --port 4100", "WAIT 0.2", "KILL ALL"],
                       {"oak": {"hosts_db": []}})
     result = manager.run_case(case, manager.Settings(server_path=server, logs_dir=tmp_path / "Logs"))
     assert not result.passed and "server oak crashed:" in result.explanation, result.explanation

@@ -14,9 +14,10 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict
 
 import pytest
+from netkit import write_case
 
 import ChatTestManager as manager
 from ChatMessageParser import ServerRegistrationMessage
@@ -41,13 +42,6 @@ def course_style(path: Path, folder: Path) -> Path:
     copy = folder / path.name
     copy.write_text(json.dumps({"type": data["type"], "commands": lines, "final_state": final_state}, indent=2))
     return copy
-
-
-def write(folder: Path, name: str, commands: List[str], final_state: Dict[str, Any],
-          case_type: str = "CRC_functionality") -> Path:
-    path = folder / f"{name}.cfg"
-    path.write_text(json.dumps({"type": case_type, "commands": commands, "final_state": final_state}))
-    return path
 
 
 # Two servers linked by port, a client on each; used below with one mistake at a time.
@@ -94,7 +88,7 @@ def test_the_lint_names_each_mistake_and_the_grade_ignores_only_that_key(
         tmp_path: Path, final_state: Dict[str, Any], where: str, problem: str) -> None:
     # The welcome ada expects is wrong too: that key is graded, so the case must still fail on it.
     final_state = dict(final_state, ada={"status_updates_log": ["Welcome to the Clemson Relay Chat network eve"]})
-    path = write(tmp_path, "mistaken", NETWORK, final_state)
+    path = write_case(tmp_path, "mistaken", NETWORK, final_state)
     findings = [str(finding) for finding in manager.lint(manager.load_case(path))]
     assert any(finding.startswith(where) and problem in finding for finding in findings), \
         f"expected the lint to say {where}: ...{problem}...; it said {findings}"
@@ -105,7 +99,7 @@ def test_the_lint_names_each_mistake_and_the_grade_ignores_only_that_key(
 
 
 def test_the_lint_names_mistakes_in_the_commands(tmp_path: Path) -> None:
-    nowhere = write(tmp_path, "nowhere", NETWORK[:2] + [
+    nowhere = write_case(tmp_path, "nowhere", NETWORK[:2] + [
         "LAUNCHSERVER --id 2 --servername elm --port 5200 --connect_to_host theshire --connect_to_port 5999",
         "LAUNCHCLIENT --id 11 --serverhost mordor --serverport 5300 --username ada", "KILL ALL"], {})
     (first, second) = manager.lint(manager.load_case(nowhere))
@@ -114,14 +108,14 @@ def test_the_lint_names_mistakes_in_the_commands(tmp_path: Path) -> None:
     assert str(second).startswith("command 4") and "ada joins port 5300" in str(second)
     assert not first.whole_case, "a join to nowhere is reported; what it proves wrong is not graded key by key"
 
-    same_port = write(tmp_path, "same_port", ["LAUNCHSERVER --id 1 --servername oak --port 5100",
+    same_port = write_case(tmp_path, "same_port", ["LAUNCHSERVER --id 1 --servername oak --port 5100",
                                               "LAUNCHSERVER --id 2 --servername elm --port 5100", "KILL ALL"], {})
     (finding,) = manager.lint(manager.load_case(same_port))
     assert finding.whole_case and "port 5100 is taken: server oak listens there already" in str(finding)
     result = manager.run_case(same_port, manager.Settings(logs_dir=tmp_path / "Logs"))
     assert result.status == manager.CASE_ERROR and result.graded_weight == 0 and result.score == 0
 
-    bad_wait = write(tmp_path, "bad_wait", NETWORK[:1] + ["WAIT soon", "KILL ALL"], {})
+    bad_wait = write_case(tmp_path, "bad_wait", NETWORK[:1] + ["WAIT soon", "KILL ALL"], {})
     run = subprocess.run([sys.executable, str(ROOT / "ChatTestManager.py"), "--lint", str(bad_wait)],
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 1, run.stdout + run.stderr
@@ -129,7 +123,7 @@ def test_the_lint_names_mistakes_in_the_commands(tmp_path: Path) -> None:
 
 
 def test_an_id_free_again_after_a_quit_or_a_kill_is_taken_by_the_next_without_a_case_error(tmp_path: Path) -> None:
-    path = write(tmp_path, "reuse", [
+    path = write_case(tmp_path, "reuse", [
         "LAUNCHSERVER --id 1 --servername oak --port 5100",
         "WAIT 0.2",
         "LAUNCHCLIENT --id 5 --serverhost mordor --serverport 5100 --username ada",
@@ -157,13 +151,13 @@ def test_our_own_cases_are_lint_clean() -> None:
 def test_as_course_compares_only_the_courses_keys_and_skips_unknown_machines(tmp_path: Path) -> None:
     final_state = {"oak": dict(RIGHT["oak"], adjacent_server_ids=[7], adjacent_user_ids=[]),
                    "ada": RIGHT["ada"], "eml": {"hosts_db": [1]}}
-    path = write(tmp_path, "as_course", NETWORK, final_state)
+    path = write_case(tmp_path, "as_course", NETWORK, final_state)
     result = manager.run_case(path, manager.Settings(logs_dir=tmp_path / "Logs", as_course=True))
     assert result.passed, result.explanation
     assert result.unchecked == ["oak.adjacent_server_ids", "oak.adjacent_user_ids"], result.unchecked
     assert "left unchecked, as the course's checker does: oak.adjacent_server_ids, oak.adjacent_user_ids" \
         in result.explanation
-    wrong_hosts = write(tmp_path, "wrong_hosts", NETWORK, {"oak": {"hosts_db": [2, 11, 12, 99]}})
+    wrong_hosts = write_case(tmp_path, "wrong_hosts", NETWORK, {"oak": {"hosts_db": [2, 11, 12, 99]}})
     graded = manager.run_case(wrong_hosts, manager.Settings(logs_dir=tmp_path / "Logs", as_course=True))
     assert not graded.passed and graded.problems[0].startswith("oak.hosts_db"), graded.explanation
     assert "case error (graded all the same, as the course does): final_state['oak']['hosts_db']" \
@@ -172,16 +166,16 @@ def test_as_course_compares_only_the_courses_keys_and_skips_unknown_machines(tmp
 
 def test_connectivity_cases_record_what_each_server_receives_and_nothing_in_sent_messages(tmp_path: Path) -> None:
     elm_joins = ServerRegistrationMessage.bytes(2, 0, "elm", "").hex()
-    path = write(tmp_path, "links", NETWORK[:4] + ["KILL ALL"], {
+    path = write_case(tmp_path, "links", NETWORK[:4] + ["KILL ALL"], {
         "oak": {"recvd_messages_asdqw": [elm_joins], "sent_messages_asdqw": [], "sent_chunks": []},
         "elm": {"recvd_messages_asdqw": [], "sent_messages_asdqw": [], "sent_chunks": [elm_joins]},
-    }, case_type="network_connectivity")
+    }, type="network_connectivity")
     result = manager.run_case(path, manager.Settings(logs_dir=tmp_path / "Logs"))
     assert result.passed and not result.case_errors, result.explanation
 
 
 def test_the_log_keeps_the_trace_with_a_line_per_command_and_kill_all_goes_in_launch_order(tmp_path: Path) -> None:
-    path = write(tmp_path, "logged", NETWORK, RIGHT)
+    path = write_case(tmp_path, "logged", NETWORK, RIGHT)
     assert manager.run_case(path, manager.Settings(logs_dir=tmp_path / "Logs")).passed
     log = (tmp_path / "Logs" / "logged.log").read_text()
     trace = log.partition("\ntrace (")[2].splitlines()[1:]
@@ -219,10 +213,12 @@ def test_a_server_written_for_the_courses_kit_runs_course_style_cases_with_full_
 
 def test_an_autograder_script_drives_crctestmanager_as_the_course_does() -> None:
     tests = {"3_1_clients_1_server_1_client": 3, "4_2_chat_1_hop": 3}
+    log = ROOT / "Logs" / "4_2_chat_1_hop.log"
+    log.unlink(missing_ok=True)  # left by an earlier run, it would prove nothing
     score, results = CRCTestManager(CRCServerImpl=MuteServer, catch_exceptions=True).run_tests(tests)
     assert score == 6 and [(r["test"], r["passed"], r["errors"], r["exception"]) for r in results] == [
         ("3_1_clients_1_server_1_client", True, None, None), ("4_2_chat_1_hop", True, None, None)], results
-    assert (ROOT / "Logs" / "4_2_chat_1_hop.log").is_file()
+    assert log.is_file(), f"run_tests must write {log}, as the course's does"
 
     score, results = CRCTestManager(CRCServerImpl=MuteServerWithoutChats, catch_exceptions=True).run_tests(tests)
     assert score == 3 and [result["passed"] for result in results] == [True, False], results
@@ -243,7 +239,7 @@ def test_python3_crctestmanager_runs_the_suite(tmp_path: Path) -> None:
 def test_a_value_of_the_wrong_shape_is_a_case_error_in_every_mode_and_never_fails_the_server(
         tmp_path: Path, as_course: bool, oak: Any, complaint: str) -> None:
     # ada's welcome is wrong too: the rest of the case is still graded, and fails on that alone.
-    path = write(tmp_path, "shapeless", NETWORK, {
+    path = write_case(tmp_path, "shapeless", NETWORK, {
         "oak": oak, "ada": {"status_updates_log": ["Welcome to the Clemson Relay Chat network eve"]}})
     result = manager.run_case(path, manager.Settings(logs_dir=tmp_path / "Logs", as_course=as_course))
     assert f"case error (not graded): {complaint}" in result.case_error_lines, result.explanation
@@ -253,7 +249,7 @@ def test_a_value_of_the_wrong_shape_is_a_case_error_in_every_mode_and_never_fail
 
 
 def test_a_value_of_the_wrong_shape_does_not_stop_a_run_as_the_course(tmp_path: Path) -> None:
-    path = write(tmp_path, "shapeless", NETWORK, {"oak": {"hosts_db": 5}})
+    path = write_case(tmp_path, "shapeless", NETWORK, {"oak": {"hosts_db": 5}})
     run = subprocess.run([sys.executable, str(ROOT / "ChatTestManager.py"), "--as-course", "-j", "1",
                           "--logs", str(tmp_path / "Logs"), str(path)], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0 and "Traceback" not in run.stdout + run.stderr, run.stdout + run.stderr
@@ -266,7 +262,7 @@ def test_as_course_draws_and_labels_graded_only_what_the_course_compares(tmp_pat
     # only the count differs.
     final_state = {"oak": dict(RIGHT["oak"], adjacent_server_ids=[7], hosts_db=[1, 2, 11, 12]),
                    "eml": {"hosts_db": [1]}, "ada": {"connected_user_ids": [12, 12]}}
-    path = write(tmp_path, "as_course_drawn", NETWORK, final_state)
+    path = write_case(tmp_path, "as_course_drawn", NETWORK, final_state)
     result = manager.run_case(path, manager.Settings(logs_dir=tmp_path / "Logs", as_course=True))
     assert [problem.split(":")[0] for problem in result.problems] == ["oak.hosts_db", "ada.connected_user_ids"], \
         result.explanation
@@ -276,7 +272,8 @@ def test_as_course_draws_and_labels_graded_only_what_the_course_compares(tmp_pat
     assert "same items, but the counts differ" in result.drawing and "missing: bob" not in result.drawing, \
         result.drawing
     lines = result.case_error_lines
-    assert any(line.startswith("case error (not graded): final_state['oak']['adjacent_server_ids']") for line in lines)
+    assert any(line.startswith("case error (not graded): final_state['oak']['adjacent_server_ids']")
+               for line in lines), lines
     assert any(line.startswith("case error (not graded): final_state['eml']") for line in lines), lines
     assert any(line.startswith("case error (graded all the same, as the course does): final_state['oak']['hosts_db']")
                for line in lines), lines

@@ -11,9 +11,10 @@ import subprocess
 import sys
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Dict, List
 
 import pytest
+from netkit import write_case
 
 import ChatTestManager as manager
 from Testers import ports as port_tools
@@ -22,13 +23,6 @@ from Testers.ports import PortBlock, port_block
 from Testers.reports import gradescope_results, junit_xml
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def write_case(folder: Path, name: str, commands: List[str], final_state: Dict[str, Any], **extra: Any) -> Path:
-    path = folder / f"{name}.cfg"
-    path.write_text(json.dumps({"type": "CRC_functionality", "commands": commands, "final_state": final_state,
-                                **extra}))
-    return path
 
 
 def chat_case(wait: float) -> List[str]:

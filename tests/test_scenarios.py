@@ -4,14 +4,14 @@ case, reports on the command line, parses commands as the contract says and load
 
 from __future__ import annotations
 
-import json
 import socket
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Dict, List
 
 import pytest
+from netkit import write_case
 
 import ChatMessageParser
 import ChatTestManager as manager
@@ -24,13 +24,6 @@ CASES = manager.select_cases(ROOT / "TestCases", [])
 @pytest.fixture
 def settings(tmp_path: Path) -> manager.Settings:
     return manager.Settings(logs_dir=tmp_path / "Logs")
-
-
-def write_case(folder: Path, name: str, commands: List[str], final_state: Dict[str, Any], **extra: Any) -> Path:
-    path = folder / f"{name}.cfg"
-    path.write_text(json.dumps({"type": "CRC_functionality", "commands": commands, "final_state": final_state,
-                                **extra}))
-    return path
 
 
 ONE_SERVER_ONE_CLIENT = [
