@@ -195,3 +195,12 @@ def write_case(folder: Path, name: str, commands: List[str], final_state: Dict[s
     path.write_text(json.dumps({"type": "CRC_functionality", "commands": commands, "final_state": final_state,
                                 **extra}))
     return path
+
+
+def submission(folder: Path, name: str, source: str) -> Path:
+    """A student's ChatServer.py in folder/name, built on a copy of ours beside it (ChatServerBase.py)."""
+    server = folder / name / "ChatServer.py"
+    server.parent.mkdir()
+    server.write_text(source)
+    (server.parent / "ChatServerBase.py").write_text((Path(__file__).resolve().parent.parent / "ChatServer.py").read_text())
+    return server

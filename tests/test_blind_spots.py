@@ -10,7 +10,7 @@ from typing import Any, List
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
-from netkit import RawPeer, RunningServer, wait_for, write_case
+from netkit import RawPeer, RunningServer, submission, wait_for, write_case
 
 import ChatClient
 import ChatTestManager as manager
@@ -69,10 +69,7 @@ class CRCServer(Ours):
 
 
 def test_a_server_threads_crash_fails_the_case_naming_the_server(tmp_path: Path) -> None:
-    server = tmp_path / "crashing" / "ChatServer.py"
-    server.parent.mkdir()
-    server.write_text(CRASHING_SERVER)
-    (server.parent / "ChatServerBase.py").write_text((ROOT / "ChatServer.py").read_text())
+    server = submission(tmp_path, "crashing", CRASHING_SERVER)
     case = write_case(tmp_path, "case", ["LAUNCHSERVER --id 1 --servername oak --port 4100", "WAIT 0.2", "KILL ALL"],
                       {"oak": {"hosts_db": []}})
     result = manager.run_case(case, manager.Settings(server_path=server, logs_dir=tmp_path / "Logs"))

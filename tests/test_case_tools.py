@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import List
 
 import pytest
-from netkit import wait_for
+from netkit import submission, wait_for
 
 import ChatTestManager as manager
 from Testers.chaos import ChaosRelay, Pipe
@@ -223,10 +223,7 @@ class CRCServer(Ours):
 
 
 def test_a_server_that_takes_each_read_for_whole_messages_fails_only_under_chaos(tmp_path: Path) -> None:
-    server = tmp_path / "trusting" / "ChatServer.py"
-    server.parent.mkdir()
-    server.write_text(TRUSTING_SERVER)
-    (server.parent / "ChatServerBase.py").write_text((ROOT / "ChatServer.py").read_text())
+    server = submission(tmp_path, "trusting", TRUSTING_SERVER)
     cases = ["3_3", "4_3", "6_2", "7_2"]
     plain = run_command_line("--server", str(server), "--logs", str(tmp_path / "plain"), *cases)
     assert plain.returncode == 0, f"without chaos it passes, as on loopback it usually does:\n{plain.stdout}"

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Dict, List
 
 import pytest
-from netkit import write_case
+from netkit import submission, write_case
 
 import ChatTestManager as manager
 from Testers import ports as port_tools
@@ -106,10 +106,7 @@ class CRCServer(Ours):
 
 
 def test_a_wait_takes_its_full_time_while_the_network_is_not_quiet(tmp_path: Path) -> None:
-    server = tmp_path / "busy" / "ChatServer.py"
-    server.parent.mkdir()
-    server.write_text(BUSY_SERVER)
-    (server.parent / "ChatServerBase.py").write_text((ROOT / "ChatServer.py").read_text())
+    server = submission(tmp_path, "busy", BUSY_SERVER)
     case = write_case(tmp_path, "unquiet", [
         "LAUNCHSERVER --id 1 --servername oak --port 4100",
         "WAIT 0.3",
@@ -449,10 +446,7 @@ class CRCServer(Ours):
 
 
 def test_a_handlers_exception_appears_in_the_failing_tests_report(tmp_path: Path) -> None:
-    server = tmp_path / "buggy" / "ChatServer.py"
-    server.parent.mkdir()
-    server.write_text(BUGGY_SERVER.replace("from ChatServer import", "from ChatServerBase import"))
-    (server.parent / "ChatServerBase.py").write_text((ROOT / "ChatServer.py").read_text())
+    server = submission(tmp_path, "buggy", BUGGY_SERVER.replace("from ChatServer import", "from ChatServerBase import"))
     case = write_case(tmp_path, "chat", chat_case(0.2), CHAT_STATE)
     result = manager.run_case(case, manager.Settings(server_path=server, logs_dir=tmp_path / "Logs"))
     assert not result.passed
@@ -479,10 +473,7 @@ class CRCServer(Ours):
 @pytest.mark.parametrize("as_course", [False, True])
 def test_a_logged_error_is_reported_once_per_case_and_under_as_course_shown_but_not_failed(
         tmp_path: Path, as_course: bool) -> None:
-    server = tmp_path / "shared" / "ChatServer.py"
-    server.parent.mkdir()
-    server.write_text(SHARED_LOGGER_SERVER)
-    (server.parent / "ChatServerBase.py").write_text((ROOT / "ChatServer.py").read_text())
+    server = submission(tmp_path, "shared", SHARED_LOGGER_SERVER)
     case = write_case(tmp_path, "chat", chat_case(0.2), CHAT_STATE)
     settings = manager.Settings(server_path=server, logs_dir=tmp_path / "Logs", as_course=as_course)
     for run in range(2):  # a second case in the same process must not hear the first case's servers
@@ -508,10 +499,7 @@ class CRCServer(Ours):
 
 
 def test_a_time_out_names_the_machines_still_busy_and_where_they_are(tmp_path: Path) -> None:
-    server = tmp_path / "stuck" / "ChatServer.py"
-    server.parent.mkdir()
-    server.write_text(STUCK_SERVER)
-    (server.parent / "ChatServerBase.py").write_text((ROOT / "ChatServer.py").read_text())
+    server = submission(tmp_path, "stuck", STUCK_SERVER)
     case = write_case(tmp_path, "stuck", chat_case(0.2), CHAT_STATE)
     result = manager.run_case(case, manager.Settings(server_path=server, logs_dir=tmp_path / "Logs", timeout=1))
     text = result.explanation
