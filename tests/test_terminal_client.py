@@ -43,8 +43,13 @@ class Display:
         self.rows = [[" "] * columns for _ in range(rows)]
         self.row = 0
         self.column = 0  # == columns: at the right margin, the next character wraps first
+        self.unfinished = ""  # the start of an escape sequence that the next output finishes
 
     def feed(self, output: str) -> None:
+        output = self.unfinished + output
+        cut = re.search(r"\x1b(\[[?\d;]*)?$", output)  # output can end in the middle of a sequence
+        self.unfinished = cut.group() if cut else ""
+        output = output[:len(output) - len(self.unfinished)]
         for match in re.finditer(r"\x1b\[([?\d;]*)([@A-Za-z])|\x1b[=>]|[\s\S]", output):
             if match.group(2):
                 self._csi(match.group(1), match.group(2))
