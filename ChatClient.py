@@ -365,28 +365,58 @@ class Screen:
         self.hooked = interactive and readline is not None and hasattr(readline, "set_pre_input_hook")
         if self.hooked:
             readline.set_pre_input_hook(self.prompt_drawn)  # type: ignore[union-attr]
-        self.gnu = gnu_readline() if self.hooked else None
+        # GNU readline can clear and redraw the line being edited, but its state is the main thread's
+        # alone (it edits without Python's lock held): lines for it to print wait here, and a signal
+        # has the main thread print them between two keys (show_waiting).
+        self.gnu = gnu_readline() if self.hooked and hasattr(signal, "SIGUSR2") else None
+        self.waiting: List[str] = []
+        if self.gnu is not None:
+            signal.signal(signal.SIGUSR2, lambda signal_number, frame: self.show_waiting())
 
     def say(self, text: str) -> None:
         with self.lock:
             if not self.typing:
-                sys.stdout.write(text + "\n")
-            elif self.gnu is None:
+                self.waiting.append(text)
+                self.print_waiting()
+            elif self.gnu is not None:  # the listener's line, while the main thread waits in input()
+                self.waiting.append(text)
+                signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGUSR2)
+            else:
                 typed = readline.get_line_buffer() if readline else ""
                 # To the start of the line, clear it, the text, then the prompt and what was typed again
                 # (a typed line wider than the terminal, or a cursor moved back, is not redrawn right).
                 sys.stdout.write(f"\r\x1b[K{text}\n{self.prompt}{typed}")
-            elif not ctypes.c_int.in_dll(self.gnu, "rl_done").value:  # the line is still being edited
-                # Readline knows how many rows the line takes and where its cursor is: it clears them
-                # all, and draws them again under the text with the cursor where it was.
-                self.gnu.rl_clear_visible_line()
-                self.gnu.fflush(None)  # readline writes through C's buffered stdout, before the text
-                sys.stdout.write(text + "\n")
                 sys.stdout.flush()
-                self.gnu.rl_forced_update_display()
-            else:  # the line was entered a moment ago: the cursor is already on a fresh row
-                sys.stdout.write(text + "\n")
-            sys.stdout.flush()  # through a pipe, output must not wait in a buffer
+
+    def print_waiting(self) -> None:
+        sys.stdout.write("".join(line + "\n" for line in self.waiting))
+        sys.stdout.flush()  # through a pipe, output must not wait in a buffer
+        self.waiting.clear()
+
+    def show_waiting(self) -> None:
+        """In the main thread, on the listener's signal. Only while it waits in input(), between keys;
+        elsewhere it may hold the lock itself, and the lines wait for prompt_drawn or read_line."""
+        if self.in_input and self.lock.acquire(blocking=False):
+            try:
+                self.redraw_with_waiting()
+            finally:
+                self.lock.release()
+
+    def redraw_with_waiting(self) -> None:
+        """In the main thread, lock held, while the user types: the waiting lines above the typed line."""
+        assert self.gnu is not None
+        if not self.waiting:
+            return
+        if ctypes.c_int.in_dll(self.gnu, "rl_done").value:  # the line was just entered: a fresh row is below
+            self.print_waiting()
+            return
+        # Readline knows how many rows the line takes and where its cursor is: it clears them all, and
+        # draws them again under the lines with the cursor where it was.
+        self.gnu.rl_clear_visible_line()
+        self.gnu.fflush(None)  # readline writes through C's buffered stdout, before the lines
+        self.print_waiting()
+        self.gnu.rl_forced_update_display()
+        self.gnu.fflush(None)
 
     def prompt_drawn(self) -> None:
         # Run by readline inside input(), where readline would drop a ServerGone: not between these lines.
@@ -394,6 +424,8 @@ class Screen:
         self.typing = True
         self.lock.release()
         self.in_input = True
+        if self.waiting:  # lines whose signal came while the prompt was being drawn
+            self.show_waiting()
 
     def read_line(self) -> str:
         """The user's next line; EOFError at the end of input."""
@@ -409,9 +441,9 @@ class Screen:
             self.in_input = False
             if self.hooked and not self.typing:
                 self.lock.release()  # input() ended before readline drew the prompt
-            else:
-                with self.lock:
-                    self.typing = False
+            with self.lock:
+                self.typing = False
+                self.print_waiting()  # lines that came as the line was entered
 
 
 class ServerGone(Exception):
