@@ -82,9 +82,11 @@ class Pipe:
 
     def cut(self, data: bytes) -> None:
         now = time.monotonic()
-        due = max(now, self.pieces[-1][0] if self.pieces else 0.0)
+        due = self.pieces[-1][0] if self.pieces else now
         for piece in self.cutter.feed(data):
-            due += self.delays.uniform(0, MAX_DELAY)
+            # Up to MAX_DELAY after it came, and never before the piece ahead of it: delays that added
+            # up piece after piece would hold a large message for seconds.
+            due = max(due, now + self.delays.uniform(0, MAX_DELAY))
             self.pieces.append((due, piece))
         self.tail_due = now + MAX_DELAY
 

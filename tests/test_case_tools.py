@@ -8,14 +8,15 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import List
 
 import pytest
-from netkit import submission, wait_for
+from netkit import submission, wait_for, write_case
 
 import ChatTestManager as manager
-from Testers.chaos import ChaosRelay, Pipe
+from Testers.chaos import MAX_DELAY, ChaosRelay, Pipe
 from Testers.mutants import MUTANTS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,9 +48,7 @@ CHAT_COMMANDS = [
 
 def test_record_fills_an_empty_final_state_with_what_the_network_ends_in_and_again_changes_nothing(
         tmp_path: Path) -> None:
-    case = tmp_path / "fresh.cfg"
-    case.write_text(json.dumps({"type": "CRC_functionality", "weight": 2, "commands": CHAT_COMMANDS,
-                                "final_state": {}}))
+    case = write_case(tmp_path, "fresh", CHAT_COMMANDS, {}, weight=2)
     first = run_command_line("--record", str(case), "--logs", str(tmp_path / "Logs"))
     assert first.returncode == 0 and "recorded" in first.stdout, first.stdout + first.stderr
     data = json.loads(case.read_text())
@@ -66,9 +65,7 @@ def test_record_fills_an_empty_final_state_with_what_the_network_ends_in_and_aga
 
 
 def test_record_keys_only_keeps_to_the_keys_the_file_names(tmp_path: Path) -> None:
-    case = tmp_path / "narrow.cfg"
-    case.write_text(json.dumps({"type": "CRC_functionality", "commands": CHAT_COMMANDS,
-                                "final_state": {"bob": {"chat_messages_log": ["wrong"]}}}))
+    case = write_case(tmp_path, "narrow", CHAT_COMMANDS, {"bob": {"chat_messages_log": ["wrong"]}})
     run = run_command_line("--record", "--record-keys-only", str(case), "--logs", str(tmp_path / "Logs"))
     assert run.returncode == 0, run.stdout + run.stderr
     assert json.loads(case.read_text())["final_state"] == {"bob": {"chat_messages_log": ['"hello bob"']}}
@@ -168,6 +165,18 @@ def test_a_seed_cuts_a_stream_at_the_same_offsets_however_recv_splits_it() -> No
     assert len(whole) > 10 and whole == split, f"cut at {whole} read whole, at {split} read in five chunks"
 
 
+def test_each_piece_waits_at_most_the_relays_delay_after_it_came_and_in_order() -> None:
+    left, right = socket.socketpair()
+    with left, right:
+        pipe = Pipe(left, right, "7/case/6100/1")
+        came = time.monotonic()
+        pipe.cut(b"x" * 65_600)  # the largest chat: hundreds of pieces
+        dues = [due for due, _ in pipe.pieces]
+    assert len(dues) > 300 and dues == sorted(dues), "pieces leave in the order they came"
+    late = max(dues) - came
+    assert late <= MAX_DELAY + 0.05, f"the last piece is due {late:.3f} s after it came; at most {MAX_DELAY} s was meant"
+
+
 def test_relays_with_the_same_seed_draw_alike_whatever_port_their_server_got() -> None:
     def draws(relay: ChaosRelay) -> List[float]:
         with socket.create_connection(("127.0.0.1", relay.port)):
@@ -191,8 +200,7 @@ def test_our_server_passes_every_case_under_chaos(seed: int, tmp_path: Path) -> 
 
 
 def test_a_server_launched_again_on_its_port_leaves_no_relay_behind(tmp_path: Path) -> None:
-    case = tmp_path / "again.cfg"
-    case.write_text(json.dumps({"type": "CRC_functionality", "commands": [
+    case = write_case(tmp_path, "again", [
         "LAUNCHSERVER --id 1 --servername oak --port 4100",
         "WAIT 0.2",
         "KILL oak",
@@ -200,7 +208,7 @@ def test_a_server_launched_again_on_its_port_leaves_no_relay_behind(tmp_path: Pa
         "LAUNCHSERVER --id 1 --servername ash --port 4100",
         "WAIT 0.2",
         "KILL ALL",
-    ], "final_state": {"ash": {"hosts_db": []}}}))
+    ], {"ash": {"hosts_db": []}})
     result = manager.run_case(case, manager.Settings(logs_dir=tmp_path / "Logs", chaos=4))
     assert result.passed, result.explanation
     wait_for(lambda: not [thread for thread in threading.enumerate() if thread.name.startswith("chaos relay")],
