@@ -78,12 +78,12 @@ def check_final_state(final_state: Dict[str, Any], machines: Dict[str, Tuple[str
             if as_course and not key.course_checks:
                 verdict.unchecked.append(label)
                 continue
+            verdict.compared.setdefault(name, {})[key_name] = expected  # graded, even if it cannot be read
             try:
                 found = key.observe(machine)
             except (AttributeError, TypeError) as error:
                 verdict.failures.append(f"{label}: expected {_shown(expected)}, but it could not be read: {error}")
                 continue
-            verdict.compared.setdefault(name, {})[key_name] = expected
             explanation = compare(label, expected, found, as_sets=as_course)
             if explanation:
                 verdict.failures.append(explanation)

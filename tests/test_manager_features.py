@@ -518,3 +518,24 @@ def test_gradescope_and_the_mutant_matrix_count_only_graded_cases(tmp_path: Path
     manager.print_mutant_matrix(paths, [good, broken] * len(manager.MUTANTS), require_kill=False)
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(manager.MUTANTS[0].name)]
     assert rows and rows[0].endswith("   2/2"), rows
+
+
+UNREADABLE_SERVER = '''
+from ChatServerBase import CRCServer as Ours
+
+
+class CRCServer(Ours):
+    def __getattribute__(self, name):
+        if name == "adjacent_user_ids" and object.__getattribute__(self, "request_terminate"):
+            raise AttributeError("a half-written server lost its adjacent_user_ids")
+        return object.__getattribute__(self, name)
+'''
+
+
+def test_a_key_that_cannot_be_read_fails_the_case_and_is_marked_in_the_drawing(tmp_path: Path) -> None:
+    server = submission(tmp_path, "unreadable", UNREADABLE_SERVER)
+    case = write_case(tmp_path, "chat", chat_case(0.2), CHAT_STATE)
+    result = manager.run_case(case, manager.Settings(server_path=server, logs_dir=tmp_path / "Logs"))
+    assert not result.passed and "oak.adjacent_user_ids: expected [11], but it could not be read" in result.explanation, \
+        result.explanation
+    assert "oak (1)   <-- not as expected" in result.drawing, result.drawing
