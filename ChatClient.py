@@ -21,8 +21,9 @@ import socket
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from types import ModuleType
-from typing import Any, Callable, Dict, List, NoReturn, Optional
+from typing import Any, Callable, Dict, Iterator, List, NoReturn, Optional
 
 from ChatMessageParser import (
     CLIENT_CHAT,
@@ -300,6 +301,7 @@ NO_WELCOME_SECONDS = 5.0  # after connecting, say so if the server has not welco
 WAKE_SECONDS = 0.1  # how often the listener wakes a main thread that has not noticed the connection ended
 SETTLE_SECONDS = 0.5  # at the end of piped input: leave once nothing has arrived for this long ...
 SETTLE_LIMIT_SECONDS = 5.0  # ... or after this long at most
+REDRAW_WAKE_SECONDS = 0.02  # how often the listener asks the main thread again to show a line
 # C0 and C1 control characters and DEL: from another user, never for the terminal to interpret.
 _CONTROLS = {code: f"\\x{code:02x}" for code in list(range(0x20)) + list(range(0x7F, 0xA0))}
 _CONTROLS.update({ord("\t"): "\\t", ord("\n"): "\\n", ord("\r"): "\\r"})
@@ -349,6 +351,24 @@ def gnu_readline() -> Optional[ctypes.CDLL]:
     return library if all(hasattr(library, name) for name in wanted) else None
 
 
+# The signals with which the listener wakes the main thread (see Screen and TerminalChat.on_disconnect).
+WAKE_SIGNALS = {getattr(signal, name) for name in ("SIGUSR1", "SIGUSR2") if hasattr(signal, name)}
+
+
+@contextmanager
+def wake_signals_held() -> Iterator[None]:
+    """While the main thread writes to the terminal, the wake-up signals wait: one that interrupts a
+    large write loses the rest of it (CPython drops it without a word)."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, WAKE_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
 class Screen:
     """The terminal's output. In a terminal, the line being typed stays at the bottom: a line printed
     while the user types goes above it, and the prompt with what was typed so far is drawn again
@@ -374,33 +394,45 @@ class Screen:
             signal.signal(signal.SIGUSR2, lambda signal_number, frame: self.show_waiting())
 
     def say(self, text: str) -> None:
+        wake_main_thread = False
         with self.lock:
             if not self.typing:
                 self.waiting.append(text)
                 self.print_waiting()
             elif self.gnu is not None:  # the listener's line, while the main thread waits in input()
                 self.waiting.append(text)
-                signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGUSR2)
+                wake_main_thread = True
             else:
                 typed = readline.get_line_buffer() if readline else ""
                 # To the start of the line, clear it, the text, then the prompt and what was typed again
                 # (a typed line wider than the terminal, or a cursor moved back, is not redrawn right).
                 sys.stdout.write(f"\r\x1b[K{text}\n{self.prompt}{typed}")
                 sys.stdout.flush()
+        # Once the lock is free for show_waiting to take; and again until the lines are shown, since a
+        # signal that comes just before readline starts to wait is seen only at the next key.
+        while wake_main_thread and self.waiting and self.typing:
+            signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGUSR2)
+            time.sleep(REDRAW_WAKE_SECONDS)
 
     def print_waiting(self) -> None:
-        sys.stdout.write("".join(line + "\n" for line in self.waiting))
-        sys.stdout.flush()  # through a pipe, output must not wait in a buffer
+        with wake_signals_held():
+            sys.stdout.write("".join(line + "\n" for line in self.waiting))
+            sys.stdout.flush()  # through a pipe, output must not wait in a buffer
         self.waiting.clear()
 
     def show_waiting(self) -> None:
-        """In the main thread, on the listener's signal. Only while it waits in input(), between keys;
-        elsewhere it may hold the lock itself, and the lines wait for prompt_drawn or read_line."""
-        if self.in_input and self.lock.acquire(blocking=False):
-            try:
-                self.redraw_with_waiting()
-            finally:
-                self.lock.release()
+        """In the main thread, on the listener's signal, while readline edits the line: Python runs a
+        signal's handler only between two keys there (or in prompt_drawn), never inside readline's
+        own work. If our code holds the lock, the lines wait for read_line."""
+        in_input, self.in_input = self.in_input, False  # no ServerGone while this holds the lock
+        try:
+            if self.typing and self.lock.acquire(blocking=False):
+                try:
+                    self.redraw_with_waiting()
+                finally:
+                    self.lock.release()
+        finally:
+            self.in_input = in_input
 
     def redraw_with_waiting(self) -> None:
         """In the main thread, lock held, while the user types: the waiting lines above the typed line."""
@@ -412,20 +444,19 @@ class Screen:
             return
         # Readline knows how many rows the line takes and where its cursor is: it clears them all, and
         # draws them again under the lines with the cursor where it was.
-        self.gnu.rl_clear_visible_line()
-        self.gnu.fflush(None)  # readline writes through C's buffered stdout, before the lines
-        self.print_waiting()
-        self.gnu.rl_forced_update_display()
-        self.gnu.fflush(None)
+        with wake_signals_held():
+            self.gnu.rl_clear_visible_line()
+            self.gnu.fflush(None)  # readline writes through C's buffered stdout, before the lines
+            self.print_waiting()
+            self.gnu.rl_forced_update_display()
+            self.gnu.fflush(None)
 
     def prompt_drawn(self) -> None:
         # Run by readline inside input(), where readline would drop a ServerGone: not between these lines.
         self.in_input = False
-        self.typing = True
+        self.typing = True  # from here, once the lock is free, show_waiting may redraw
         self.lock.release()
         self.in_input = True
-        if self.waiting:  # lines whose signal came while the prompt was being drawn
-            self.show_waiting()
 
     def read_line(self) -> str:
         """The user's next line; EOFError at the end of input."""
@@ -439,10 +470,10 @@ class Screen:
             return input(self.prompt)
         finally:
             self.in_input = False
-            if self.hooked and not self.typing:
+            drawn, self.typing = self.typing, False  # readline is done with the line: no more redraws
+            if self.hooked and not drawn:
                 self.lock.release()  # input() ended before readline drew the prompt
             with self.lock:
-                self.typing = False
                 self.print_waiting()  # lines that came as the line was entered
 
 
