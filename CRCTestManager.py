@@ -13,9 +13,10 @@ writes `Logs/NAME.log` for each, and returns the sum of the points of the cases 
 per case: `test` (its name), `passed`, `errors` (the explanation, or None) and `exception` (with
 catch_exceptions, the first exception a server or client raised, or None). Without catch_exceptions such
 an exception propagates out of run_tests, as in the course's manager. A key the lint proves wrong is
-not graded (the explanation names it); a case that cannot run at all fails with the reason, and so does
-each case when the ChatServer.py beside this file cannot be loaded (a syntax error, say). Each case
-is reported as it ends, as ChatTestManager.py reports it.
+not graded (the explanation names it); a case that cannot run at all fails with the reason. Each case
+loads the ChatServer.py beside this file as it runs: when it cannot be loaded (a syntax error, say),
+each case fails saying why with catch_exceptions, and without it the load error propagates from the
+first case. Each case is reported as it ends, as ChatTestManager.py reports it.
 
 CRCServerImpl replaces the CRCServer imported from ChatServer.py beside this file; CRCMessageParserImpl
 (a module, or any object with the contract's names) is what that ChatServer.py imports as its
@@ -36,7 +37,7 @@ class CRCTestManager:
     def __init__(self, CRCServerImpl: Optional[type] = None, CRCMessageParserImpl: Any = None,
                  catch_exceptions: bool = False) -> None:
         # Nothing is loaded here: each case loads ChatServer.py as it runs, so that a submission that
-        # cannot load fails each case, saying why, instead of the autograder's script.
+        # cannot load fails each case saying why (with catch_exceptions), not the constructor.
         self.server_class = CRCServerImpl
         self.parser = None if CRCMessageParserImpl is None else as_module(CRCMessageParserImpl)
         self.catch_exceptions = catch_exceptions
