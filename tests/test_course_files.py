@@ -294,5 +294,7 @@ def test_crctestmanager_reports_a_server_that_cannot_load_per_case(tmp_path: Pat
         assert isinstance(result["exception"], SyntaxError), result
     assert "FAIL  4_2_chat_1_hop" in capsys.readouterr().out
     assert "cannot load" in (tmp_path / "Logs" / "4_2_chat_1_hop.log").read_text()
-    with pytest.raises(SyntaxError):  # without catch_exceptions, as the course's manager does
-        CRCTestManager().run_tests({"3_1_clients_1_server_1_client": 3})
+    strict = CRCTestManager()  # without catch_exceptions, the load error propagates, as in the course's manager
+    strict.logs_dir = tmp_path / "Logs"
+    with pytest.raises(SyntaxError):
+        strict.run_tests({"3_1_clients_1_server_1_client": 3})
