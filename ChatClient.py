@@ -377,20 +377,20 @@ class Screen:
     def __init__(self, interactive: bool) -> None:
         self.interactive = interactive
         self.prompt = "> " if interactive else ""
-        self.typing = False  # the prompt is on the screen and input() waits for the user's line
+        self.typing = False  # the main thread is in input(), where a line is being typed
+        self.drawn = False  # ... and readline has drawn the prompt (prompt_drawn)
         self.in_input = False  # the main thread waits in input(), outside our code (see TerminalChat.run)
         self.lock = threading.Lock()
-        # With readline, the lock is held from before input() draws the prompt until readline calls
-        # this hook, so that no line is printed into the middle of the prompt.
-        self.hooked = interactive and readline is not None and hasattr(readline, "set_pre_input_hook")
-        if self.hooked:
-            readline.set_pre_input_hook(self.prompt_drawn)  # type: ignore[union-attr]
         # GNU readline can clear and redraw the line being edited, but its state is the main thread's
         # alone (it edits without Python's lock held): lines for it to print wait here, and a signal
-        # has the main thread print them between two keys (show_waiting).
-        self.gnu = gnu_readline() if self.hooked and hasattr(signal, "SIGUSR2") else None
+        # has the main thread print them between two keys (show_waiting), once the prompt is drawn.
+        self.gnu = None
+        if interactive and readline is not None and hasattr(readline, "set_pre_input_hook") \
+                and hasattr(signal, "SIGUSR2"):
+            self.gnu = gnu_readline()
         self.waiting: List[str] = []
         if self.gnu is not None:
+            readline.set_pre_input_hook(self.prompt_drawn)  # type: ignore[union-attr]
             signal.signal(signal.SIGUSR2, lambda signal_number, frame: self.show_waiting())
 
     def say(self, text: str) -> None:
@@ -426,7 +426,7 @@ class Screen:
         own work. If our code holds the lock, the lines wait for read_line."""
         in_input, self.in_input = self.in_input, False  # no ServerGone while this holds the lock
         try:
-            if self.typing and self.lock.acquire(blocking=False):
+            if self.typing and self.drawn and self.lock.acquire(blocking=False):
                 try:
                     self.redraw_with_waiting()
                 finally:
@@ -452,29 +452,28 @@ class Screen:
             self.gnu.fflush(None)
 
     def prompt_drawn(self) -> None:
-        # Run by readline inside input(), where readline would drop a ServerGone: not between these lines.
-        self.in_input = False
-        self.typing = True  # from here, once the lock is free, show_waiting may redraw
-        self.lock.release()
-        self.in_input = True
+        """Run by readline inside input() once the prompt is on the screen (an exception here is lost)."""
+        self.drawn = True
+        self.show_waiting()  # lines that came while the prompt was being drawn
 
     def read_line(self) -> str:
         """The user's next line; EOFError at the end of input."""
-        if self.hooked:
-            self.lock.acquire()  # released by prompt_drawn()
-        else:
-            with self.lock:
-                self.typing = self.interactive
+        with self.lock:
+            self.typing, self.drawn = self.interactive, False
+        ended_mid_line = False
         try:
             self.in_input = True
             return input(self.prompt)
+        except BaseException:  # ServerGone, Ctrl-C or Ctrl-D: what follows goes under the prompt's row
+            ended_mid_line = self.interactive
+            raise
         finally:
             self.in_input = False
-            drawn, self.typing = self.typing, False  # readline is done with the line: no more redraws
-            if self.hooked and not drawn:
-                self.lock.release()  # input() ended before readline drew the prompt
+            self.typing = False  # readline is done with the line: no more redraws
             with self.lock:
-                self.print_waiting()  # lines that came as the line was entered
+                if ended_mid_line:
+                    self.waiting.insert(0, "")
+                self.print_waiting()  # lines that came as the line ended
 
 
 class ServerGone(Exception):
@@ -545,10 +544,10 @@ class TerminalChat:
         """Returns the exit status: 0 after /quit or end of input, 1 if the server went away, 130 on Ctrl-C."""
         def server_gone(signal_number: int, frame: object) -> None:
             # Only while the main thread waits in input(): there the exception ends the wait, and
-            # read_line()'s finally sets the screen's lock right. Raised anywhere else, it could land
-            # between the lock's acquire and the try that releases it (or in prompt_drawn), and the
-            # last line, "Disconnected", would wait for the lock forever. Out of input(), the loop's
-            # own test of client.connected notices; on_disconnect wakes again until then.
+            # read_line()'s finally sets the screen right. Raised anywhere else, it could land while
+            # the screen's lock is held, and the last line, "Disconnected", would wait for it forever.
+            # Out of input(), the loop's own test of client.connected notices; on_disconnect wakes
+            # again until then.
             if self.screen.in_input:
                 raise ServerGone()
 
@@ -567,12 +566,12 @@ class TerminalChat:
                         return status
             except EOFError:
                 self.settle()
-                return self.leave("")
+                if self.client.connected:  # else the server went away meanwhile: say so below
+                    return self.leave("")
         except ServerGone:
             pass
         except KeyboardInterrupt:
             if self.client.connected:  # not woken because the server went away (no POSIX signals) but Ctrl-C
-                self.screen.say("")
                 self.leave("")
                 return 130
         finally:
@@ -673,6 +672,7 @@ class TerminalChat:
             self.screen.say(f"  {printable(name)} (id {user_id})" + ("   <- you" if user_id == self.client.id else ""))
 
     def leave(self, text: str) -> int:
+        self.wakeable = False  # leaving anyway: if the server goes now, the listener need not wake us
         self.client.quit(text)
         self.client.stop()
         self.screen.say("Bye.")

@@ -294,6 +294,54 @@ def test_server_going_away_is_reported_and_exits_non_zero(open_terminal: Callabl
     assert status == 1, f"expected exit status 1 when the server goes away, seen {status}; screen:\n{alice.transcript}"
 
 
+def test_what_ends_a_half_typed_line_is_said_on_a_row_of_its_own(server: CRCServer) -> None:
+    alice = Terminal("pty", server.port, "alice", 11)
+    bob = Terminal("pty", server.port, "bob", 12)
+    try:
+        alice.wait_for("[server] Welcome")
+        bob.wait_for("[server] Welcome")
+        bob.child.send("half typed")
+        bob.wait_for_display(["> half typed"])
+        bob.end_input()  # Ctrl-D on a line with text does nothing; on an empty one it leaves
+        bob.child.send("\x15")  # Ctrl-U empties the line
+        bob.end_input()
+        bob.wait_for_display([">", "Bye.", ""])
+        alice.child.send("half typed")
+        alice.wait_for_display(["> half typed"])
+        server.request_terminate = True
+        alice.wait_for_display(["> half typed", "Disconnected: the server closed the connection.", ""])
+    finally:
+        alice.close()
+        bob.close()
+
+
+def test_a_server_that_goes_away_while_piped_input_settles_is_reported(server: CRCServer) -> None:
+    alice = Terminal("pipe", server.port, "alice", 11)
+    chatter = RawPeer.client(server.port, 20, "chatter")
+    alice.wait_for("* chatter is online (id 20)")
+    chatting = threading.Event()
+
+    def chat() -> None:  # keeps alice busy, so that at the end of her input she waits for the answers
+        while not chatting.wait(0.05):
+            try:
+                chatter.send(ClientChatMessage.bytes(20, 11, "still here"))
+            except OSError:
+                return
+    threading.Thread(target=chat, daemon=True).start()
+    try:
+        alice.wait_for("chatter: still here")
+        alice.end_input()
+        server.request_terminate = True
+        status = alice.wait_for_exit()
+        assert status == 1 and "Disconnected: the server closed the connection." in alice.transcript \
+            and "Bye." not in alice.transcript, f"expected the disconnection said, exit status 1; saw {status}:\n" \
+                                                f"{alice.transcript[-400:]}"
+    finally:
+        chatting.set()
+        chatter.close()
+        alice.close()
+
+
 def test_unreachable_server_is_reported() -> None:
     with socket.create_server(("127.0.0.1", 0)) as unused:
         port = unused.getsockname()[1]
