@@ -56,7 +56,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import FrameType, ModuleType
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple, Union
 
 KIT_DIR = Path(__file__).resolve().parent
 if str(KIT_DIR) not in sys.path:  # so the kit's own modules import when this file is loaded from elsewhere
@@ -69,11 +69,11 @@ import ChatMessageParser  # noqa: E402,F401
 from Testers import ports, tester_class  # noqa: E402
 from Testers.cases import Case, declared_weight, load_case, select_cases  # noqa: E402
 from Testers.chaos import ChaosRelay  # noqa: E402
-from Testers.checker import check_final_state  # noqa: E402
+from Testers.checker import Verdict, check_final_state  # noqa: E402
 from Testers.commands import CaseError, parse_command, split_arguments  # noqa: E402,F401
 from Testers.drawing import MachineView, draw_network  # noqa: E402
-from Testers.keys import CONNECTIVITY, keys_for  # noqa: E402
-from Testers.lint import lint  # noqa: E402
+from Testers.keys import CONNECTIVITY, keys_for, read_machine  # noqa: E402
+from Testers.lint import Finding, lint  # noqa: E402
 from Testers.mutants import MUTANTS, write_mutants  # noqa: E402
 from Testers.ports import PortMap, port_block  # noqa: E402
 from Testers.quiet import WaitRecord, can_report_quiet, wait_until_quiet  # noqa: E402
@@ -232,20 +232,18 @@ class CaseRun:
     thread so that the caller can give up on it when it hangs. The commands call back the methods
     under `execute` (Testers.commands.Runner)."""
 
-    def __init__(self, case: Case, settings: Settings, server_class: type, log_dir: Path, trace: TraceCapture,
-                 not_graded: Set[Tuple[str, Optional[str]]]) -> None:
+    def __init__(self, case: Case, settings: Settings, server_class: type, log_dir: Path,
+                 trace: TraceCapture) -> None:
         self.case = case
         self.settings = settings
         self.server_class = tester_class(case.type, server_class)
         self.log_dir = log_dir
         self.trace = trace
-        self.not_graded = not_graded
         self.ports = PortMap(settings.keep_ports)
         self.machines: Dict[str, Tuple[str, Any]] = {}  # name -> (kind, machine), in launch order
         self.server_threads: Dict[str, threading.Thread] = {}
-        self.problems: List[str] = []
-        self.unchecked: List[str] = []
-        self.compared: Dict[str, Dict[str, List[Any]]] = {}  # machine -> key -> expected, as the checker compared
+        self.finished = False  # every command was carried out
+        self.failure = ""  # why a command failed, if one did
         self.crashes: List[str] = []  # exceptions that ended a machine's thread
         self.logged: List[str] = []  # exceptions servers logged (ours drops a link for a handler's bug)
         self.loggers: List[Tuple[logging.Logger, _ErrorsLogged]] = []  # what to unhook when the case ends
@@ -269,12 +267,6 @@ class CaseRun:
     def clients(self) -> Dict[str, Any]:
         return {name: machine for name, (kind, machine) in self.machines.items() if kind == "client"}
 
-    @property
-    def errors(self) -> List[str]:
-        """What fails the case besides the final state: crashes, and logged errors (which the course's
-        checker never sees, so not under --as-course)."""
-        return self.crashes + ([] if self.settings.as_course else self.logged)
-
     def note(self, text: str) -> None:
         self.journal.append(f"{time.monotonic() - self.started:8.3f}s  {text}")
 
@@ -287,15 +279,10 @@ class CaseRun:
                 self.note(self.step)
                 self.trace.add(f"*CMD {line}")  # among the servers' trace, as the course's harness logs it
                 command.carry_out(self)
-            verdict = check_final_state(self.case.final_state, self.machines, self.case.type, self.not_graded,
-                                        self.settings.as_course)
-            self.problems.extend(self.errors + verdict.failures)
-            self.unchecked = verdict.unchecked
-            self.compared = verdict.compared
+            self.finished = True
         except Exception as error:  # a server or client that raises is a failed test, not a crash of the run
             self.exceptions.append(error)
-            self.problems.extend(self.errors)
-            self.problems.append(f"error at {self.step}: {type(error).__name__}: {error}")
+            self.failure = f"error at {self.step}: {type(error).__name__}: {error}"
             self.note(traceback.format_exc())
         finally:
             self.stop_everything(join=True)
@@ -427,34 +414,10 @@ class CaseRun:
         self.aborted.set()
         self.stop_everything(join=False)
 
-    def observed_state(self) -> Dict[str, Dict[str, Any]]:
-        """Every checkable key of every machine, for the log."""
-        state: Dict[str, Dict[str, Any]] = {}
-        for name, (kind, machine) in list(self.machines.items()):
-            state[name] = {}
-            for key in keys_for(kind, self.case.type):
-                try:
-                    state[name][key.name] = key.observe(machine)
-                except (AttributeError, TypeError) as error:
-                    state[name][key.name] = f"<unreadable: {error}>"
-        return state
-
-    def draw(self, state: Dict[str, Dict[str, Any]]) -> str:
-        """The network as the machines saw it at the end (`state`, from observed_state), marked where it
-        differs from what the checker compared."""
-        by_port: Dict[int, str] = {}  # written port -> the server launched on it (so far)
-        views = []
-        for command in self.case.launches:
-            attached = by_port.get(command.joins) if command.joins is not None else None
-            if command.KIND == "server":
-                by_port[command.options.port] = command.name
-            if command.name not in state:
-                continue  # never launched: the run stopped before it
-            drawn = {key.name for key in keys_for(command.KIND, self.case.type) if key.drawn}
-            seen = {key: value for key, value in state[command.name].items() if key in drawn}
-            views.append(MachineView(command.name, command.KIND, command.options.id, attached, seen,
-                                     self.compared.get(command.name, {})))
-        return draw_network(views, DRAWING_WIDTH, as_sets=self.settings.as_course)
+    def observed_state(self) -> Dict[str, Tuple[str, Dict[str, Any]]]:
+        """Every checkable key of every machine, read once (Testers.keys.Key.read)."""
+        return {name: (kind, read_machine(machine, kind, self.case.type))
+                for name, (kind, machine) in list(self.machines.items())}
 
 
 class _ErrorsLogged(logging.Handler):
@@ -512,63 +475,129 @@ def server_class_for(settings: Settings) -> type:
     return load_server_module(settings.server_path, settings.parser).CRCServer  # type: ignore[no-any-return]
 
 
+@dataclass
+class RunRecord:
+    """What one run of a case's commands gave, as plain data, never judged: what an in-process run hands
+    to `judge`, and what a sandboxed child sends back to the grader (Testers/isolation.py), which alone
+    holds the case's final state."""
+    machines: Dict[str, Tuple[str, Dict[str, Any]]]  # name -> (kind, its keys as read at the end), launch order
+    errors: List[str]  # what fails the case whatever the state: a time-out, a crash, a command that raised
+    logged: List[str]  # errors servers logged: they fail the case, except under --as-course
+    finished: bool  # every command was carried out in time: the final state is checked
+    clean: bool  # and nothing crashed, raised or was logged: the state is worth recording
+    waits: List[WaitRecord] = field(default_factory=list)
+    journal: List[str] = field(default_factory=list)  # what happened, with times, for the log
+    trace: List[str] = field(default_factory=list)  # what the servers printed, and each command as *CMD
+    about: List[str] = field(default_factory=list)  # lines for the log's head: ports, worker, chaos
+    exception: Optional[BaseException] = None  # in-process: the first exception a machine raised
+
+
+def run_here(case: Case, settings: Settings, server_class: type, log_dir: Path) -> RunRecord:
+    """Carry out a case's commands with servers of `server_class` as threads of this process, as the
+    course's kit does, to completion or to the case's time limit."""
+    limit = settings.timeout + settings.slow * case.total_wait
+    with _ThreadErrors() as thread_errors, capture_stdout() as trace:
+        run = CaseRun(case, settings, server_class, log_dir, trace)
+        worker = threading.Thread(target=run.execute, name=f"case {case.name}", daemon=True)
+        worker.start()
+        worker.join(limit)
+        errors: List[str] = []
+        if worker.is_alive():
+            errors = [f"time limit: the test was still running after {limit:.1f} s"
+                      f" ({settings.timeout:g} s beyond its WAITs), at {run.step}", *run.busy(worker)]
+            run.abort()  # the worker is abandoned; it is a daemon thread and holds nothing we need
+    errors += run.crashes + ([run.failure] if run.failure else []) + thread_errors.errors
+    exceptions = run.exceptions + thread_errors.exceptions
+    chaos = f"seed {run.chaos}" if run.chaos is not None else "none"
+    return RunRecord(run.observed_state(),  # once: a machine left running after a time-out may still change it
+                     errors, list(run.logged), run.finished and not worker.is_alive(),
+                     not (errors or run.logged or exceptions), list(run.waits), list(run.journal), trace.ended(),
+                     [f"worker   process {os.getpid()}, port block {ports.block!r}, chaos {chaos}",
+                      f"ports    {run.ports.ports or 'as written'}", f"logs     {log_dir}"],
+                     exceptions[0] if exceptions else None)
+
+
 def run_case(path: Path, settings: Optional[Settings] = None) -> CaseResult:
     """Run one case file to completion or to its time limit, and say whether it passed and why not."""
     settings = settings or Settings()
-    path = Path(path)
     started = time.monotonic()
+    prepared = prepare_case(Path(path), settings)
+    if isinstance(prepared, CaseResult):
+        return prepared
+    case, findings = prepared
+    log_dir = case_log_dir(case, settings)
+    try:
+        server_class = server_class_for(settings)
+    except Exception as error:  # whatever a submission raises on import is its failure, not the run's
+        problem = f"error: {describe_load_error(settings.server_path, error)}\n{traceback.format_exc().rstrip()}"
+        return _not_run(CaseResult(case.name, FAILED, 0.0, [problem], case.weight, case.family, exception=error),
+                        case.path, settings)
+    return judge(case, findings, settings, run_here(case, settings, server_class, log_dir), started)
+
+
+def prepare_case(path: Path, settings: Settings) -> Union[Tuple[Case, List[Finding]], CaseResult]:
+    """The case and the lint's findings, or the result of a case that cannot run at all (with its log)."""
     try:
         case = load_case(path)
     except CaseError as error:
         return _not_run(CaseResult(path.stem, CASE_ERROR, 0.0, [], declared_weight(path), case_errors=[str(error)]),
                         path, settings)
     findings = lint(case)
-    whole = [finding for finding in findings if finding.whole_case]
-    if whole:
+    if any(finding.whole_case for finding in findings):
         return _not_run(CaseResult(case.name, CASE_ERROR, 0.0, [], case.weight, case.family,
                                    case_errors=[str(finding) for finding in findings]), path, settings)
-    try:
-        server_class = server_class_for(settings)
-    except Exception as error:  # whatever a submission raises on import is its failure, not the run's
-        problem = f"error: {describe_load_error(settings.server_path, error)}\n{traceback.format_exc().rstrip()}"
-        return _not_run(CaseResult(case.name, FAILED, 0.0, [problem], case.weight, case.family, exception=error),
-                        path, settings)
+    return case, findings
 
+
+def case_log_dir(case: Case, settings: Settings) -> Path:
+    """The case's own folder of machine logs, emptied: logs of an earlier run would mislead. Absolute, since
+    a server puts a relative log path beside its own file, wherever the manager runs."""
+    log_dir = Path(settings.logs_dir).resolve() / case.name
+    shutil.rmtree(log_dir, ignore_errors=True)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    return log_dir
+
+
+def judge(case: Case, findings: List[Finding], settings: Settings, record: RunRecord, started: float) -> CaseResult:
+    """The verdict on a run: its errors, and its state against the case's final state; then the log."""
     # A value that cannot be compared is left out in every mode: the course's checker would crash on it.
     not_graded = {(finding.machine, finding.key) for finding in findings
                   if finding.machine is not None and (finding.shapeless or not settings.as_course)}
-    # Absolute: a server puts a relative log path beside its own file, wherever the manager runs.
-    log_dir = Path(settings.logs_dir).resolve() / case.name
-    shutil.rmtree(log_dir, ignore_errors=True)  # logs of an earlier run would mislead
-    log_dir.mkdir(parents=True, exist_ok=True)
-    limit = settings.timeout + settings.slow * case.total_wait
-    with _ThreadErrors() as thread_errors, capture_stdout() as trace:
-        run = CaseRun(case, settings, server_class, log_dir, trace, not_graded)
-        worker = threading.Thread(target=run.execute, name=f"case {case.name}", daemon=True)
-        worker.start()
-        worker.join(limit)
-        if worker.is_alive():
-            busy = run.busy(worker)
-            run.abort()  # the worker is abandoned; it is a daemon thread and holds nothing we need
-            problems = [f"time limit: the test was still running after {limit:.1f} s"
-                        f" ({settings.timeout:g} s beyond its WAITs), at {run.step}", *busy] + run.errors
-        else:
-            problems = list(run.problems)
-    problems += thread_errors.errors
-    state = run.observed_state()  # once: a machine left running after a time-out may still change it
-    drawing = run.draw(state) if problems and run.machines else ""
-    exceptions = run.exceptions + thread_errors.exceptions
+    verdict = Verdict()
+    if record.finished:
+        verdict = check_final_state(case.final_state, record.machines, case.type, not_graded, settings.as_course)
+    problems = record.errors + ([] if settings.as_course else record.logged) + verdict.failures
+    state = {name: values for name, (kind, values) in record.machines.items()}
+    drawing = draw(case, state, verdict.compared, settings.as_course) if problems and state else ""
     log_file = Path(settings.logs_dir).resolve() / f"{case.name}.log"
-    graded = {(name, key) for name, keys in run.compared.items() for key in keys}  # a case error there: graded anyway
-    completed = not (worker.is_alive() or run.crashes or run.logged or thread_errors.errors or exceptions)
+    graded = {(name, key) for name, keys in verdict.compared.items() for key in keys}  # case errors graded anyway
     result = CaseResult(case.name, FAILED if problems else PASSED, time.monotonic() - started, problems,
-                        case.weight, case.family, drawing, list(run.waits), [str(finding) for finding in findings],
-                        run.unchecked, exceptions[0] if exceptions else None, [log_file, log_dir],
-                        state if completed else None,
+                        case.weight, case.family, drawing, record.waits, [str(finding) for finding in findings],
+                        verdict.unchecked, record.exception, [log_file, log_file.with_suffix("")],
+                        state if record.clean else None,
                         [str(finding) for finding in findings if (finding.machine, finding.key) in graded],
-                        run.logged if settings.as_course else [])
-    _write_log(log_file, case, settings, run, result, trace, state)
+                        record.logged if settings.as_course else [])
+    _write_log(log_file, case, settings, record, result, state)
     return result
+
+
+def draw(case: Case, state: Dict[str, Dict[str, Any]], compared: Dict[str, Dict[str, List[Any]]],
+         as_course: bool) -> str:
+    """The network as the machines saw it at the end (`state`: each machine's keys as read), marked where it
+    differs from what the checker compared."""
+    by_port: Dict[int, str] = {}  # written port -> the server launched on it (so far)
+    views = []
+    for command in case.launches:
+        attached = by_port.get(command.joins) if command.joins is not None else None
+        if command.KIND == "server":
+            by_port[command.options.port] = command.name
+        if command.name not in state:
+            continue  # never launched: the run stopped before it
+        drawn = {key.name for key in keys_for(command.KIND, case.type) if key.drawn}
+        seen = {key: value for key, value in state[command.name].items() if key in drawn}
+        views.append(MachineView(command.name, command.KIND, command.options.id, attached, seen,
+                                 compared.get(command.name, {})))
+    return draw_network(views, DRAWING_WIDTH, as_sets=as_course)
 
 
 def _not_run(result: CaseResult, path: Path, settings: Settings) -> CaseResult:
@@ -584,24 +613,22 @@ def _not_run(result: CaseResult, path: Path, settings: Settings) -> CaseResult:
     return result
 
 
-def _write_log(log_file: Path, case: Case, settings: Settings, run: CaseRun, result: CaseResult,
-               trace: TraceCapture, state: Dict[str, Dict[str, Any]]) -> None:
+def _write_log(log_file: Path, case: Case, settings: Settings, record: RunRecord, result: CaseResult,
+               state: Dict[str, Dict[str, Any]]) -> None:
     server = settings.server_class or Path(settings.server_path).resolve()
+    parser = _server_parsers.get(Path(settings.server_path).resolve())
     lines = [
         f"case     {case.name} ({case.path})",
         f"type     {case.type}; weight {case.weight:g}; family {case.family or '-'}",
         f"server   {server}",
-        f"parser   {_server_parsers.get(Path(settings.server_path).resolve())} (what that server imported)",
+        *([f"parser   {parser} (what that server imported)"] if parser else []),
         f"settings slow {settings.slow:g}, timeout {settings.timeout:g} s, keep ports {settings.keep_ports},"
-        f" strict waits {settings.strict_waits}, as the course {settings.as_course}, chaos"
-        f" {'seed ' + str(run.chaos) if run.chaos is not None else 'none'}",
-        f"worker   process {os.getpid()}, port block {ports.block!r}",
-        f"ports    {run.ports.ports or 'as written'}",
-        f"logs     {run.log_dir}",
+        f" strict waits {settings.strict_waits}, as the course {settings.as_course}",
+        *record.about,
         *case.warnings,
         *result.case_error_lines,
         "",
-        *run.journal,
+        *record.journal,
         "",
         f"result   {result.status} in {result.seconds:.2f} s",
         *result.explanation.splitlines(),
@@ -612,7 +639,7 @@ def _write_log(log_file: Path, case: Case, settings: Settings, run: CaseRun, res
     for name, keys in state.items():
         lines.append(f"  {name}")
         lines.extend(f"    {key}: {json.dumps(value, default=repr)}" for key, value in keys.items())
-    lines += ["", "trace (what the servers printed, and each command as *CMD):", *trace.ended(), ""]
+    lines += ["", "trace (what the servers printed, and each command as *CMD):", *record.trace, ""]
     log_file.write_text("\n".join(lines), encoding="utf-8")
 
 

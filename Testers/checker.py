@@ -14,7 +14,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
 
-from Testers.keys import find
+from Testers.keys import UNREADABLE, find
 
 
 @dataclass
@@ -61,15 +61,16 @@ def compare(label: str, expected: List[Any], found: List[Any], as_sets: bool = F
     return "\n".join(lines)
 
 
-def check_final_state(final_state: Dict[str, Any], machines: Dict[str, Tuple[str, Any]], case_type: str,
+def check_final_state(final_state: Dict[str, Any], observed: Dict[str, Tuple[str, Dict[str, Any]]], case_type: str,
                       not_graded: Set[Tuple[str, Optional[str]]], as_course: bool = False) -> Verdict:
-    """Compare each machine's state with the final state. `machines` maps a name to (kind, machine);
-    `not_graded` holds (machine, key) pairs the lint proved wrong, and (machine, None) for whole entries."""
+    """Compare each machine's state with the final state. `observed` maps a machine's name to its kind and
+    its keys as read at the end (Testers.keys.read_machine); `not_graded` holds (machine, key) pairs the
+    lint proved wrong, and (machine, None) for whole entries."""
     verdict = Verdict()
     for name, expected_state in final_state.items():
-        if name not in machines or (name, None) in not_graded:
+        if name not in observed or (name, None) in not_graded:
             continue  # the lint names it; the course skips it silently
-        kind, machine = machines[name]
+        kind, values = observed[name]
         for key_name, expected in expected_state.items():
             label = f"{name}.{key_name}"
             key = find(kind, case_type, key_name)
@@ -79,10 +80,10 @@ def check_final_state(final_state: Dict[str, Any], machines: Dict[str, Tuple[str
                 verdict.unchecked.append(label)
                 continue
             verdict.compared.setdefault(name, {})[key_name] = expected  # graded, even if it cannot be read
-            try:
-                found = key.observe(machine)
-            except (AttributeError, TypeError) as error:
-                verdict.failures.append(f"{label}: expected {_shown(expected)}, but it could not be read: {error}")
+            found = values.get(key_name, {UNREADABLE: "it was not sent back"})
+            if not isinstance(found, list):
+                why = found.get(UNREADABLE) if isinstance(found, dict) else None
+                verdict.failures.append(f"{label}: expected {_shown(expected)}, but it could not be read: {why}")
                 continue
             explanation = compare(label, expected, found, as_sets=as_course)
             if explanation:

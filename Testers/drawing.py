@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
 
 from Testers.checker import difference
-from Testers.keys import KEYS, LINKS
+from Testers.keys import KEYS, LINKS, UNREADABLE
 
 # What each row shows, in order: (label, state key), from the keys' table. A machine shows the rows
 # its `seen` holds.
@@ -38,7 +38,7 @@ class MachineView:
     kind: str  # 'server' or 'client'
     id: Optional[int]
     attached_to: Optional[str] = None  # a client's server, or the server a server was launched to join
-    seen: Dict[str, Any] = field(default_factory=dict)  # key -> list, or an error text when unreadable
+    seen: Dict[str, Any] = field(default_factory=dict)  # key -> list, or {UNREADABLE: why} (Testers.keys.Key.read)
     expected: Dict[str, List[Any]] = field(default_factory=dict)  # key -> list, for the keys the checker compared
 
 
@@ -146,7 +146,7 @@ class Drawing:
             if isinstance(seen, list):
                 self.wrap(prefix, label, [self.label(item) for item in self.in_order(seen)] or ["(none)"])
             else:
-                self.wrap(prefix, label, [str(seen)])
+                self.wrap(prefix, label, [f"<unreadable: {seen.get(UNREADABLE) if isinstance(seen, dict) else seen}>"])
             marks = self.marks(machine.expected[key], seen) if key in machine.expected else []
             if marks:
                 self.wrap(prefix, "", ["; ".join(marks)])

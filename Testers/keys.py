@@ -6,10 +6,13 @@ that tester keeps).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 # The keys that other code reasons about by name (the lint, the drawing's tree), named once here.
 LINKS, USERS, HOSTS, SENT_ASDQW = "adjacent_server_ids", "adjacent_user_ids", "hosts_db", "sent_messages_asdqw"
+
+UNREADABLE = "unreadable"  # the key of what an observed value that could not be read holds instead
+UNJSONABLE = "<not JSON data>"  # the start of an observed item that was not a JSON scalar
 
 CONNECTIVITY = "network_connectivity"
 FUNCTIONALITY = "CRC_functionality"
@@ -30,6 +33,16 @@ class Key:
         """A machine's value as a list: the ids of a dict, the items of a list."""
         value = getattr(machine, self.name)
         return list(value.keys()) if isinstance(value, dict) else list(value)
+
+    def read(self, machine: Any) -> Any:
+        """What the checker compares, as plain JSON data: the list of `observe`, each item that is not a
+        JSON scalar written as a text that no case can expect; or {"unreadable": why} when it cannot be read.
+        A grader judges what a sandboxed run sends back in this form, and an in-process run the same way."""
+        try:
+            return [item if isinstance(item, (str, int, float, bool)) or item is None else f"{UNJSONABLE} {item!r}"
+                    for item in self.observe(machine)]
+        except Exception as error:  # a submission's attribute may be anything, or a property that raises
+            return {UNREADABLE: f"{type(error).__name__}: {error}"}
 
 
 KEYS = [
@@ -55,6 +68,11 @@ KEYS = [
 def keys_for(kind: str, case_type: str) -> List[Key]:
     """The keys a final state may name for a 'server' or 'client' in a case of this type."""
     return [key for key in KEYS if key.kind == kind and key.case_type in (None, case_type)]
+
+
+def read_machine(machine: Any, kind: str, case_type: str) -> Dict[str, Any]:
+    """Every key a final state may name for this machine, read (see Key.read)."""
+    return {key.name: key.read(machine) for key in keys_for(kind, case_type)}
 
 
 def find(kind: str, case_type: str, name: str) -> Optional[Key]:
