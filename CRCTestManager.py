@@ -30,7 +30,8 @@ from types import ModuleType
 from typing import Any, Dict, List, Optional, Tuple
 
 import ChatTestManager
-from ChatTestManager import CASE_ERROR, KIT_DIR, Settings, report, run_case
+from ChatTestManager import CASE_ERROR, KIT_DIR, report, run_case
+from Testers.run import DEFAULT_SERVER, Settings
 
 
 class CRCTestManager:
@@ -45,7 +46,7 @@ class CRCTestManager:
         self.logs_dir = KIT_DIR / "Logs"
 
     def run_tests(self, tests: Dict[str, float]) -> Tuple[float, List[Dict[str, Any]]]:
-        settings = Settings(server_path=ChatTestManager.DEFAULT_SERVER, logs_dir=self.logs_dir,
+        settings = Settings(server_path=DEFAULT_SERVER, logs_dir=self.logs_dir,
                             server_class=self.server_class, parser=self.parser)
         score = 0.0
         results: List[Dict[str, Any]] = []

@@ -38,25 +38,20 @@ Exit status: 0 when every test passed, 1 when any failed (or, with --lint, when 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import logging
 import multiprocessing
 import os
 import shutil
 import signal
 import sys
-import sysconfig
 import tempfile
-import threading
 import time
 import traceback
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from types import FrameType, ModuleType
-from typing import Any, Callable, Dict, List, Optional, Set, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 KIT_DIR = Path(__file__).resolve().parent
 if str(KIT_DIR) not in sys.path:  # so the kit's own modules import when this file is loaded from elsewhere
@@ -66,113 +61,41 @@ if str(KIT_DIR) not in sys.path:  # so the kit's own modules import when this fi
 # when a submission brings its own.
 import ChatClient  # noqa: E402
 import ChatMessageParser  # noqa: E402,F401
-from Testers import ports, tester_class  # noqa: E402
+from Testers import ports  # noqa: E402
 from Testers.cases import Case, declared_weight, load_case, select_cases  # noqa: E402
-from Testers.chaos import ChaosRelay  # noqa: E402
 from Testers.checker import Verdict, check_final_state  # noqa: E402
 from Testers.commands import CaseError, parse_command, split_arguments  # noqa: E402,F401
 from Testers.drawing import MachineView, draw_network  # noqa: E402
-from Testers.keys import CONNECTIVITY, keys_for, read_machine  # noqa: E402
+from Testers.isolation import SANDBOX_MODES, probe, run_all_isolated  # noqa: E402
+from Testers.keys import keys_for  # noqa: E402
 from Testers.lint import Finding, lint  # noqa: E402
 from Testers.mutants import MUTANTS, write_mutants  # noqa: E402
-from Testers.ports import PortMap, port_block  # noqa: E402
-from Testers.quiet import WaitRecord, can_report_quiet, wait_until_quiet  # noqa: E402
+from Testers.ports import port_block  # noqa: E402
+from Testers.quiet import WaitRecord  # noqa: E402
 from Testers.record import record  # noqa: E402
 from Testers.reports import write_gradescope, write_junit  # noqa: E402
-from Testers.trace import TraceCapture, capture_stdout  # noqa: E402
+from Testers.run import (  # noqa: E402,F401  (the names the course's scripts and our tests use)
+    DEFAULT_LOGS_DIR,
+    DEFAULT_SERVER,
+    DEFAULT_TIMEOUT,
+    Limits,
+    RunRecord,
+    Settings,
+    describe_load_error,
+    load_server_module,
+    record_as_data,
+    run_here,
+    server_class_for,
+    server_parser,
+)
 
 DEFAULT_CASES_DIR = KIT_DIR / "TestCases"
-DEFAULT_LOGS_DIR = KIT_DIR / "Logs"
-DEFAULT_SERVER = KIT_DIR / "ChatServer.py"
-DEFAULT_TIMEOUT = 30.0  # seconds beyond a case's own WAITs
 DRAWING_WIDTH = 94  # a 100-column terminal, less the indent of a failure's lines
 PASSED, FAILED, CASE_ERROR = "PASS", "FAIL", "CASE ERROR"
 
 
 # ---------------------------------------------------------------------------------------------
-# The server under test
-
-_loaded_servers: Dict[Path, ModuleType] = {}
-_server_parsers: Dict[Path, Path] = {}  # server file -> the ChatMessageParser.py it imported
-
-
-def load_server_module(path: Path = DEFAULT_SERVER, parser: Optional[ModuleType] = None) -> ModuleType:
-    """Import a ChatServer.py as a module named ChatServer.
-
-    What it imports as ChatMessageParser is `parser` if given, else a ChatMessageParser.py beside it, as
-    in the course's kit, else ours; that parser is in sys.modules only while the server module runs its
-    imports, so everything else keeps ours. Other modules beside it are found too, while it loads. A
-    server loaded with a parser of its own is not cached.
-    """
-    path = Path(path).resolve()
-    if parser is None and path in _loaded_servers:
-        return _loaded_servers[path]
-    if not path.is_file():
-        raise FileNotFoundError(f"no server file {path}")
-    saved = {name: sys.modules.get(name) for name in ("ChatServer", "ChatMessageParser")}
-    kit_parser = KIT_DIR / "ChatMessageParser.py"
-    beside = path.with_name("ChatMessageParser.py")
-    parser_path = beside if beside.is_file() and not beside.samefile(kit_parser) else kit_parser
-    sys.path.insert(0, str(path.parent))
-    try:
-        if parser is not None:
-            sys.modules["ChatMessageParser"] = parser
-        elif parser_path != kit_parser:
-            _exec_module("ChatMessageParser", parser_path)
-        module = _exec_module("ChatServer", path)
-    finally:
-        sys.path.remove(str(path.parent))
-        for name, previous in saved.items():
-            if previous is None:
-                sys.modules.pop(name, None)
-            else:
-                sys.modules[name] = previous
-    if not isinstance(getattr(module, "CRCServer", None), type):
-        raise ImportError(f"{path} defines no class CRCServer")
-    if parser is None:
-        _loaded_servers[path] = module
-        _server_parsers[path] = parser_path
-    return module
-
-
-def describe_load_error(path: Path, error: BaseException) -> str:
-    """One line: why a server file cannot be loaded, with the file and line where that shows."""
-    if isinstance(error, FileNotFoundError):
-        return f"cannot load {path}: {'it is a folder, not a file' if Path(path).is_dir() else 'no such file'}"
-    if isinstance(error, SyntaxError):
-        return f"cannot load {path}: {type(error).__name__}: {error.msg} ({error.filename}, line {error.lineno})"
-    frames = [frame for frame in traceback.extract_tb(error.__traceback__)
-              if Path(frame.filename).resolve() == Path(path).resolve()]
-    place = f" ({frames[-1].filename}, line {frames[-1].lineno})" if frames else ""
-    return f"cannot load {path}: {type(error).__name__}: {error}{place}"
-
-
-def _exec_module(name: str, path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # visible while it runs, as a normal import would be
-    spec.loader.exec_module(module)
-    return module
-
-
-# ---------------------------------------------------------------------------------------------
-# Running a case
-
-@dataclass
-class Settings:
-    server_path: Path = DEFAULT_SERVER
-    slow: float = 1.0  # every WAIT is multiplied by this
-    timeout: float = DEFAULT_TIMEOUT  # seconds a case may run beyond its own (slowed) WAITs
-    keep_ports: bool = False
-    logs_dir: Path = DEFAULT_LOGS_DIR
-    strict_waits: bool = False  # every WAIT takes its full time, as in the course's kit
-    as_course: bool = False  # grade as the course's checker does: its keys only, case errors graded all the same
-    server_class: Optional[type] = None  # a CRCServer class to test instead of server_path's (in-process runs)
-    parser: Optional[ModuleType] = None  # what server_path imports as ChatMessageParser (in-process runs)
-    ports: Optional[Tuple[int, int]] = None  # the ports the servers may use (low, high), shared among the workers
-    chaos: Optional[int] = None  # a seed: connections to servers pass through relays that cut, glue and delay
-
+# Running a case (Testers/run.py) and judging it
 
 @dataclass
 class CaseResult:
@@ -225,296 +148,6 @@ class CaseResult:
         """The explanation, the drawing of the network when there is one, and where the logs are."""
         logs = f"\n\nlogs: {', '.join(str(path) for path in self.logs)}" if self.logs else ""
         return self.explanation + (f"\n\n{self.drawing}" if self.drawing else "") + logs
-
-
-class CaseRun:
-    """One run of one case: the machines it launched and what went wrong. `execute` runs in a worker
-    thread so that the caller can give up on it when it hangs. The commands call back the methods
-    under `execute` (Testers.commands.Runner)."""
-
-    def __init__(self, case: Case, settings: Settings, server_class: type, log_dir: Path,
-                 trace: TraceCapture) -> None:
-        self.case = case
-        self.settings = settings
-        self.server_class = tester_class(case.type, server_class)
-        self.log_dir = log_dir
-        self.trace = trace
-        self.ports = PortMap(settings.keep_ports)
-        self.machines: Dict[str, Tuple[str, Any]] = {}  # name -> (kind, machine), in launch order
-        self.server_threads: Dict[str, threading.Thread] = {}
-        self.finished = False  # every command was carried out
-        self.failure = ""  # why a command failed, if one did
-        self.crashes: List[str] = []  # exceptions that ended a machine's thread
-        self.logged: List[str] = []  # exceptions servers logged (ours drops a link for a handler's bug)
-        self.loggers: List[Tuple[logging.Logger, _ErrorsLogged]] = []  # what to unhook when the case ends
-        self.exceptions: List[BaseException] = []
-        self.journal: List[str] = []  # what happened, for the log file
-        self.waits: List[WaitRecord] = []
-        self.stopped: Set[str] = set()  # machines stopped by a KILL: they take no part in quiet waits
-        # Under --chaos, the relay before each server, by the port written in the case. Not for a
-        # connectivity case, whose keys are the raw chunks that the relays would cut.
-        self.relays: Dict[int, ChaosRelay] = {}
-        self.chaos = settings.chaos if case.type != CONNECTIVITY else None
-        self.step = "before the first command"
-        self.aborted = threading.Event()
-        self.started = time.monotonic()
-
-    @property
-    def servers(self) -> Dict[str, Any]:
-        return {name: machine for name, (kind, machine) in self.machines.items() if kind == "server"}
-
-    @property
-    def clients(self) -> Dict[str, Any]:
-        return {name: machine for name, (kind, machine) in self.machines.items() if kind == "client"}
-
-    def note(self, text: str) -> None:
-        self.journal.append(f"{time.monotonic() - self.started:8.3f}s  {text}")
-
-    def execute(self) -> None:
-        try:
-            for number, (line, command) in enumerate(zip(self.case.lines, self.case.commands), 1):
-                if self.aborted.is_set():
-                    return
-                self.step = f"command {number} {line!r}"
-                self.note(self.step)
-                self.trace.add(f"*CMD {line}")  # among the servers' trace, as the course's harness logs it
-                command.carry_out(self)
-            self.finished = True
-        except Exception as error:  # a server or client that raises is a failed test, not a crash of the run
-            self.exceptions.append(error)
-            self.failure = f"error at {self.step}: {type(error).__name__}: {error}"
-            self.note(traceback.format_exc())
-        finally:
-            self.stop_everything(join=True)
-
-    # ------------------------------------------------------------------ what the commands call
-
-    def launch_server(self, written: argparse.Namespace) -> None:
-        options = argparse.Namespace(**vars(written))
-        options.port = self.ports(written.port)
-        options.connect_to_port = self.port_to_reach(written.connect_to_port)
-        if self.chaos is not None:
-            if written.port in self.relays:  # a server launched again on its port: a relay of its own
-                self.relays.pop(written.port).stop()
-            self.relays[written.port] = ChaosRelay(options.port, f"{self.chaos}/{self.case.name}/{written.port}")
-        options.log_file = self.log_path(written.log_file, written.servername)
-        self.note(f"    {written.servername}: port {options.port}, connects to {options.connect_to_port}")
-        server = self.server_class(options, run_on_localhost=True)
-        name = written.servername
-        logger = getattr(server, "logger", None)
-        # One handler per logger: servers that share one would otherwise report each error once per server.
-        if isinstance(logger, logging.Logger) and all(logger is not hooked for hooked, _ in self.loggers):
-            handler = _ErrorsLogged(self.logged.append)
-            logger.addHandler(handler)
-            self.loggers.append((logger, handler))
-        thread = threading.Thread(target=self._serve, args=(name, server), name=f"server {name}", daemon=True)
-        self.machines[name] = ("server", server)
-        self.server_threads[name] = thread
-        thread.start()
-
-    def launch_client(self, written: argparse.Namespace) -> None:
-        options = argparse.Namespace(**vars(written), simulate=True, verbose=False, debug=False)
-        options.serverport = self.port_to_reach(written.serverport)
-        options.log_file = self.log_path(written.log_file, written.username)
-        self.note(f"    {written.username}: server port {options.serverport}")
-        client = ChatClient.CRCClient(options, run_on_localhost=True)
-        self.machines[written.username] = ("client", client)
-        client.run()
-
-    def port_to_reach(self, written: Optional[int]) -> Optional[int]:
-        """Where a machine connects to reach the server on a port the case names: its relay, under chaos."""
-        relay = self.relays.get(written) if written is not None else None
-        return relay.port if relay is not None else self.ports(written)
-
-    def client(self, name: str) -> Any:
-        return self.machines[name][1]
-
-    def wait(self, seconds: float) -> None:
-        """A WAIT: until the network is quiet or the time has passed (see Testers/quiet.py)."""
-        seconds *= self.settings.slow
-        started = time.monotonic()
-        running = [server for name, server in self.servers.items()
-                   if name not in self.stopped and self.server_threads[name].is_alive()]
-        mute = [name for name, server in self.servers.items() if not can_report_quiet(server)]
-        if self.settings.strict_waits or mute:
-            self.aborted.wait(seconds)
-            if self.settings.strict_waits:
-                why = "full time (--strict-waits)"
-            else:
-                why = f"full time: server {mute[0]} cannot say whether it is quiet (no is_quiet() and busy_turns)"
-            record = WaitRecord(seconds, time.monotonic() - started, why)
-        else:
-            machines = running + list(self.clients.values()) + list(self.relays.values())
-            quiet, took = wait_until_quiet(machines, seconds, self.aborted)
-            record = WaitRecord(seconds, took, "the network was quiet" if quiet else "the time ran out")
-        self.waits.append(record)
-        self.note(f"    {record.line}")
-
-    def kill_all(self) -> None:
-        """Every machine, one after another in launch order, as the course's kit does: each must stop
-        without announcing anything, and the others must not react before they are stopped too."""
-        for name in self.machines:
-            self.kill(name)
-
-    def kill(self, name: str) -> None:
-        self.stopped.add(name)
-        kind, machine = self.machines[name]
-        self.note(f"    stopping {kind} {name}")
-        if kind == "server":
-            machine.request_terminate = True
-            self.server_threads[name].join()
-        else:
-            machine.stop()  # waits until its connection is closed, so that the next WAIT sees its server react
-
-    # ------------------------------------------------------------------------------ the rest
-
-    def log_path(self, requested: Optional[str], name: str) -> str:
-        # Only the file name is kept: every machine's log goes in this case's own folder.
-        return str(self.log_dir / (Path(requested).name if requested else f"{name}.log"))
-
-    def _serve(self, name: str, server: Any) -> None:
-        try:
-            server.run()
-        except Exception as error:
-            self.exceptions.append(error)
-            self.crashes.append(f"server {name} crashed:\n{traceback.format_exc().rstrip()}")
-
-    def stop_everything(self, join: bool) -> None:
-        """Stop whatever still runs: after a failure, or when the time limit gives up on the case."""
-        for name, server in list(self.servers.items()):
-            server.request_terminate = True
-            if join:
-                self.server_threads[name].join(2.0)
-        for client in list(self.clients.values()):
-            client.request_terminate = True
-        for relay in self.relays.values():
-            relay.stop(2.0 if join else None)
-        for logger, handler in self.loggers:  # a logger outlives the case (a module's, say): unhook ours
-            logger.removeHandler(handler)
-        self.loggers.clear()
-
-    def busy(self, worker: threading.Thread) -> List[str]:
-        """At a time-out: each machine that was not quiet, and where its thread was."""
-        frames = sys._current_frames()
-        lines = [f"  the manager, carrying out that command: {where(frames.get(worker.ident or 0))}"]
-        for name, (kind, machine) in list(self.machines.items()):
-            thread = self.server_threads.get(name) if kind == "server" else getattr(machine, "_listener", None)
-            if thread is None or not thread.is_alive():
-                continue
-            if not can_report_quiet(machine):
-                state = "cannot say whether it is quiet"
-            elif machine.is_quiet():
-                continue
-            else:
-                state = "busy"
-            lines.append(f"  {kind} {name}: {state}, {where(frames.get(thread.ident or 0))}")
-        return lines
-
-    def abort(self) -> None:
-        self.aborted.set()
-        self.stop_everything(join=False)
-
-    def observed_state(self) -> Dict[str, Tuple[str, Dict[str, Any]]]:
-        """Every checkable key of every machine, read once (Testers.keys.Key.read)."""
-        return {name: (kind, read_machine(machine, kind, self.case.type))
-                for name, (kind, machine) in list(self.machines.items())}
-
-
-class _ErrorsLogged(logging.Handler):
-    """Takes a server's logged exceptions (ours costs a link, not the server, for a handler's bug) into
-    the case's report, traceback and all, named by the thread that logged it: each server runs in a
-    thread named for it."""
-
-    def __init__(self, report: Callable[[str], None]) -> None:
-        super().__init__(logging.ERROR)
-        self.report = report
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.exc_info:
-            trace = "".join(traceback.format_exception(*record.exc_info)).rstrip()
-            self.report(f"{record.threadName} logged an unexpected error: {record.getMessage()}\n{trace}")
-
-
-class _ThreadErrors:
-    """Collects exceptions that end any thread (a client's listener, say) while a case runs."""
-
-    def __init__(self) -> None:
-        self.errors: List[str] = []
-        self.exceptions: List[BaseException] = []
-        self._previous: Callable[[Any], object] = threading.excepthook
-
-    def __enter__(self) -> "_ThreadErrors":
-        threading.excepthook = self._hook
-        return self
-
-    def __exit__(self, *exc_info: Any) -> None:
-        threading.excepthook = self._previous
-
-    def _hook(self, args: Any) -> None:
-        name = args.thread.name if args.thread else "a thread"
-        text = "".join(traceback.format_exception(args.exc_type, args.exc_value, args.exc_traceback))
-        self.errors.append(f"{name} raised:\n{text.rstrip()}")
-        if args.exc_value is not None:
-            self.exceptions.append(args.exc_value)
-        self._previous(args)
-
-
-def where(frame: Optional[FrameType]) -> str:
-    """Where a thread is: its innermost frame outside the standard library."""
-    library = sysconfig.get_paths()["stdlib"]
-    while frame is not None and frame.f_code.co_filename.startswith(library):
-        frame = frame.f_back
-    if frame is None:
-        return "in the standard library"
-    return f"in {frame.f_code.co_name} ({Path(frame.f_code.co_filename).name}, line {frame.f_lineno})"
-
-
-def server_class_for(settings: Settings) -> type:
-    if settings.server_class is not None:
-        return settings.server_class
-    return load_server_module(settings.server_path, settings.parser).CRCServer  # type: ignore[no-any-return]
-
-
-@dataclass
-class RunRecord:
-    """What one run of a case's commands gave, as plain data, never judged: what an in-process run hands
-    to `judge`, and what a sandboxed child sends back to the grader (Testers/isolation.py), which alone
-    holds the case's final state."""
-    machines: Dict[str, Tuple[str, Dict[str, Any]]]  # name -> (kind, its keys as read at the end), launch order
-    errors: List[str]  # what fails the case whatever the state: a time-out, a crash, a command that raised
-    logged: List[str]  # errors servers logged: they fail the case, except under --as-course
-    finished: bool  # every command was carried out in time: the final state is checked
-    clean: bool  # and nothing crashed, raised or was logged: the state is worth recording
-    waits: List[WaitRecord] = field(default_factory=list)
-    journal: List[str] = field(default_factory=list)  # what happened, with times, for the log
-    trace: List[str] = field(default_factory=list)  # what the servers printed, and each command as *CMD
-    about: List[str] = field(default_factory=list)  # lines for the log's head: ports, worker, chaos
-    exception: Optional[BaseException] = None  # in-process: the first exception a machine raised
-
-
-def run_here(case: Case, settings: Settings, server_class: type, log_dir: Path) -> RunRecord:
-    """Carry out a case's commands with servers of `server_class` as threads of this process, as the
-    course's kit does, to completion or to the case's time limit."""
-    limit = settings.timeout + settings.slow * case.total_wait
-    with _ThreadErrors() as thread_errors, capture_stdout() as trace:
-        run = CaseRun(case, settings, server_class, log_dir, trace)
-        worker = threading.Thread(target=run.execute, name=f"case {case.name}", daemon=True)
-        worker.start()
-        worker.join(limit)
-        errors: List[str] = []
-        if worker.is_alive():
-            errors = [f"time limit: the test was still running after {limit:.1f} s"
-                      f" ({settings.timeout:g} s beyond its WAITs), at {run.step}", *run.busy(worker)]
-            run.abort()  # the worker is abandoned; it is a daemon thread and holds nothing we need
-    errors += run.crashes + ([run.failure] if run.failure else []) + thread_errors.errors
-    exceptions = run.exceptions + thread_errors.exceptions
-    chaos = f"seed {run.chaos}" if run.chaos is not None else "none"
-    return RunRecord(run.observed_state(),  # once: a machine left running after a time-out may still change it
-                     errors, list(run.logged), run.finished and not worker.is_alive(),
-                     not (errors or run.logged or exceptions), list(run.waits), list(run.journal), trace.ended(),
-                     [f"worker   process {os.getpid()}, port block {ports.block!r}, chaos {chaos}",
-                      f"ports    {run.ports.ports or 'as written'}", f"logs     {log_dir}"],
-                     exceptions[0] if exceptions else None)
 
 
 def run_case(path: Path, settings: Optional[Settings] = None) -> CaseResult:
@@ -616,7 +249,7 @@ def _not_run(result: CaseResult, path: Path, settings: Settings) -> CaseResult:
 def _write_log(log_file: Path, case: Case, settings: Settings, record: RunRecord, result: CaseResult,
                state: Dict[str, Dict[str, Any]]) -> None:
     server = settings.server_class or Path(settings.server_path).resolve()
-    parser = _server_parsers.get(Path(settings.server_path).resolve())
+    parser = server_parser(settings.server_path)
     lines = [
         f"case     {case.name} ({case.path})",
         f"type     {case.type}; weight {case.weight:g}; family {case.family or '-'}",
@@ -749,6 +382,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
             raise argparse.ArgumentTypeError(f"must be 1 or more, not {text}")
         return value
 
+    whole = workers
+
     def port_range(text: str) -> Tuple[int, int]:
         low, _, high = text.partition("-")
         if not (low.isdigit() and high.isdigit() and 1024 <= int(low) < int(high) <= 65535):
@@ -759,7 +394,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("names", nargs="*",
                         help="run only these cases: names, starts of names, or paths to .cfg files")
     parser.add_argument("--cases", type=Path, default=DEFAULT_CASES_DIR, help="folder of .cfg case files")
-    parser.add_argument("--server", type=Path, default=DEFAULT_SERVER, help="the ChatServer.py to test")
+    parser.add_argument("--server", type=Path,
+                        help="grade this ChatServer.py: each case runs in a sandboxed child process (see --limit-*)")
     parser.add_argument("--list", action="store_true", help="list the cases and exit")
     parser.add_argument("--lint", action="store_true",
                         help="read each case against its own commands, report every mistake, and exit")
@@ -797,6 +433,23 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--gradescope", type=Path, metavar="FILE",
                         help="also write the results in Gradescope's autograder format (results.json)")
     parser.add_argument("--junit", type=Path, metavar="FILE", help="also write the results as JUnit XML, for CI")
+    limits = Limits()
+    parser.add_argument("--limit-memory", type=whole, default=limits.memory_mib, metavar="MiB",
+                        help="grading: the address space of a case's child (default %(default)s)")
+    parser.add_argument("--limit-processes", type=whole, default=limits.processes, metavar="N",
+                        help="grading: the processes and threads of a case's child, as root (default %(default)s)")
+    parser.add_argument("--limit-open-files", type=whole, default=limits.open_files, metavar="N",
+                        help="grading: the open files of a case's child (default %(default)s)")
+    parser.add_argument("--limit-file-size", type=whole, default=limits.file_mib, metavar="MiB",
+                        help="grading: the largest file a case's child may write (default %(default)s)")
+    parser.add_argument("--limit-import", type=positive, default=limits.import_seconds, metavar="S",
+                        help="grading: the seconds a submission may take to import (default %(default)g)")
+    parser.add_argument("--limit-grace", type=positive, default=limits.grace_seconds, metavar="S",
+                        help="grading: the seconds a case's child gets beyond the case's own time limit before it"
+                             " is ended (default %(default)g)")
+    parser.add_argument("--sandbox", choices=SANDBOX_MODES, default="auto",
+                        help="grading: auto applies all this machine allows; user, no namespaces (as in a container"
+                             " that forbids them); process, not even a user of its own (as without root)")
     parser.add_argument("--demo", action="store_true",
                         help="start a small network (3 servers, 3 clients) in this process and show messages flowing")
     return parser.parse_args(argv)
@@ -825,6 +478,8 @@ def run_all(work: List[Tuple[Path, Settings]], jobs: int,
     """Run each case with its settings, `jobs` at a time in worker processes (or, with one job, in this
     process), calling `done` with each result's place in `work` as it comes; the results in that order."""
     jobs = min(jobs, len(work))
+    if work and work[0][1].isolate:
+        return run_all_isolated(work, jobs, done)
     if jobs == 1:
         ports.block = port_block(0, 1, work[0][1].ports)
         results = []
@@ -905,6 +560,16 @@ def print_mutant_matrix(paths: List[Path], results: List[CaseResult], require_ki
     return 1 if survivors and require_kill else 0
 
 
+def refuse(paths: List[Path], problem: str, gradescope: Optional[Path]) -> int:
+    """A run that cannot grade: one line, and with --gradescope a valid results file that fails every test
+    with that line (an autograder without one shows the student nothing but that it failed)."""
+    print(f"error: {problem}", file=sys.stderr)
+    if gradescope:
+        failed = [CaseResult(path.stem, FAILED, 0.0, [f"error: {problem}"], declared_weight(path)) for path in paths]
+        write_gradescope(gradescope, failed, 0.0, problem)
+    return 2
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     if args.demo:
@@ -933,18 +598,25 @@ def main(argv: Optional[List[str]] = None) -> int:
         ports.block = port_block(0, 1, args.ports)
         return record_cases(paths, Settings(logs_dir=args.logs, slow=args.slow, timeout=args.timeout),
                             args.record_keys_only)
-    try:
-        load_server_module(args.server)
-    except Exception as error:  # whatever a submission raises on import: one line, not a traceback of ours
-        problem = describe_load_error(args.server, error)
-        print(f"error: {problem}", file=sys.stderr)
-        if args.gradescope:  # the autograder still gets results: every test failed, and why
-            failed = [CaseResult(path.stem, FAILED, 0.0, [f"error: {problem}"], declared_weight(path))
-                      for path in paths]
-            write_gradescope(args.gradescope, failed, 0.0, problem)
-        return 2
-    settings = Settings(args.server, args.slow, args.timeout, args.keep_ports, args.logs, args.strict_waits,
-                        args.as_course, ports=args.ports, chaos=args.chaos)
+    grading = args.server is not None or args.gradescope is not None or args.junit is not None
+    server = args.server or DEFAULT_SERVER
+    limits = Limits(args.limit_memory, args.limit_processes, args.limit_open_files, args.limit_file_size,
+                    args.limit_import, args.limit_grace)
+    settings = Settings(server, args.slow, args.timeout, args.keep_ports, args.logs, args.strict_waits,
+                        args.as_course, ports=args.ports, chaos=args.chaos, limits=limits, sandbox=args.sandbox)
+    if grading:
+        if not server.is_file():  # the one check made here: nothing of the submission runs in this process
+            return refuse(paths, describe_load_error(server, FileNotFoundError(server)), args.gradescope)
+        isolation = probe(args.sandbox)
+        settings.isolate = not isolation.in_process
+        for line in isolation.describe(limits):
+            print(line, flush=True)
+    else:
+        try:
+            load_server_module(server)
+        except Exception as error:  # ours, broken in a checkout: one line, not a traceback
+            print(f"error: {describe_load_error(server, error)}", file=sys.stderr)
+            return 2
     jobs = 1 if args.keep_ports else args.jobs  # cases as written share their ports
     if args.mutants:
         return run_mutants(paths, settings, jobs, args.require_kill)
@@ -954,6 +626,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception:  # a fault of the grader's own: the results files still say so, and the student is not blamed
+        traceback.print_exc()
+        return refuse(paths, f"the grader failed, not the submission: {traceback.format_exc().splitlines()[-1]}",
+                      args.gradescope)
     seconds = time.monotonic() - started
     print_table(results)
     if args.chaos is not None:

@@ -87,6 +87,17 @@ def load_case(path: Path) -> Case:
                 weight, str(data.get("family", "")), str(data.get("description", "")), warnings)
 
 
+def plan_of(case: Case) -> Dict[str, Any]:
+    """What a sandboxed run is told of a case: everything but its final state (Testers/child.py)."""
+    return {"name": case.name, "type": case.type, "commands": case.lines}
+
+
+def case_from_plan(plan: Dict[str, Any]) -> Case:
+    """The case a sandboxed run carries out, from plan_of: its final state is not there to be read."""
+    commands = [parse_command(line) for line in plan["commands"]]
+    return Case(plan["name"], Path(plan["name"] + ".cfg"), plan["type"], list(plan["commands"]), commands, None)
+
+
 def declared_weight(path: Path) -> float:
     """The weight a case file claims, even when the rest of it is broken, so the total stays right."""
     try:
