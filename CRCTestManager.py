@@ -9,9 +9,10 @@ autograder scripts call, on our manager underneath (quiet waits, the lint, the l
     score, results = manager.run_tests({"1_1_connectivity_2_servers": 7, "4_2_chat_1_hop": 3})
 
 `run_tests` runs each case `TestCases/NAME.cfg` beside this file, one after another in this process,
-writes `Logs/NAME.log` for each, and returns the sum of the points of the cases that passed and a dict
-per case: `test` (its name), `passed`, `errors` (the explanation, or None) and `exception` (with
-catch_exceptions, the first exception a server or client raised, or None). Without catch_exceptions such
+in the sorted order of their names, writes `Logs/NAME.log` for each, and returns the sum of the points
+of the cases that passed (an int when the points are ints) and a dict per case, in that order: `test`
+(its name), `passed`, `errors` (the explanation, or None) and `exception` (with catch_exceptions, the
+first exception a server or client raised, or None). Without catch_exceptions such
 an exception propagates out of run_tests, as in the course's manager. A key the lint proves wrong is
 not graded (the explanation names it); a case that cannot run at all fails with the reason. Each case
 loads the ChatServer.py beside this file as it runs: when it cannot be loaded (a syntax error, say),
@@ -30,8 +31,7 @@ from types import ModuleType
 from typing import Any, Dict, List, Optional, Tuple
 
 import ChatTestManager
-from ChatTestManager import CASE_ERROR, KIT_DIR, report, run_case
-from Testers.run import DEFAULT_SERVER, Settings
+from ChatTestManager import CASE_ERROR, KIT_DIR, Settings, report, run_case
 
 
 class CRCTestManager:
@@ -46,11 +46,12 @@ class CRCTestManager:
         self.logs_dir = KIT_DIR / "Logs"
 
     def run_tests(self, tests: Dict[str, float]) -> Tuple[float, List[Dict[str, Any]]]:
-        settings = Settings(server_path=DEFAULT_SERVER, logs_dir=self.logs_dir,
+        settings = Settings(server_path=ChatTestManager.DEFAULT_SERVER, logs_dir=self.logs_dir,
                             server_class=self.server_class, parser=self.parser)
-        score = 0.0
+        score: float = 0  # an int while the points are: 75, not 75.0, as the course's scripts print it
         results: List[Dict[str, Any]] = []
-        for name, points in tests.items():
+        for name in sorted(tests):  # the course's order: a script reads results[i] by it
+            points = tests[name]
             result = run_case(self.cases_dir / f"{name}.cfg", settings)
             report(result)
             if result.exception is not None and not self.catch_exceptions:

@@ -66,7 +66,7 @@ from Testers.cases import Case, declared_weight, load_case, select_cases  # noqa
 from Testers.checker import Verdict, check_final_state  # noqa: E402
 from Testers.commands import CaseError, parse_command, split_arguments  # noqa: E402,F401
 from Testers.drawing import MachineView, draw_network  # noqa: E402
-from Testers.isolation import SANDBOX_MODES, probe, run_all_isolated  # noqa: E402
+from Testers.isolation import SANDBOX_MODES, import_problem, probe, run_all_isolated  # noqa: E402
 from Testers.keys import keys_for  # noqa: E402
 from Testers.lint import Finding, lint  # noqa: E402
 from Testers.mutants import MUTANTS, write_mutants  # noqa: E402
@@ -74,7 +74,7 @@ from Testers.ports import port_block  # noqa: E402
 from Testers.quiet import WaitRecord  # noqa: E402
 from Testers.record import record  # noqa: E402
 from Testers.reports import write_gradescope, write_junit  # noqa: E402
-from Testers.run import (  # noqa: E402,F401  (the names the course's scripts and our tests use)
+from Testers.run import (  # noqa: E402,F401  (also the names the course's scripts and our tests use)
     DEFAULT_LOGS_DIR,
     DEFAULT_SERVER,
     DEFAULT_TIMEOUT,
@@ -561,9 +561,9 @@ def print_mutant_matrix(paths: List[Path], results: List[CaseResult], require_ki
 
 
 def refuse(paths: List[Path], problem: str, gradescope: Optional[Path]) -> int:
-    """A run that cannot grade: one line, and with --gradescope a valid results file that fails every test
-    with that line (an autograder without one shows the student nothing but that it failed)."""
-    print(f"error: {problem}", file=sys.stderr)
+    """A run that cannot grade: one line (then any detail), and with --gradescope a valid results file that
+    fails every test for that reason (an autograder without one shows the student only that it failed)."""
+    print(f"error: {problem.splitlines()[0]}", file=sys.stderr)
     if gradescope:
         failed = [CaseResult(path.stem, FAILED, 0.0, [f"error: {problem}"], declared_weight(path)) for path in paths]
         write_gradescope(gradescope, failed, 0.0, problem)
@@ -611,6 +611,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         settings.isolate = not isolation.in_process
         for line in isolation.describe(limits):
             print(line, flush=True)
+        problem = import_problem(settings) if settings.isolate else None
+        if problem:
+            return refuse(paths, problem, args.gradescope)
     else:
         try:
             load_server_module(server)

@@ -51,10 +51,10 @@ def run(stage: Path, report: IO[str]) -> None:
     try:
         module = manager.load_server_module(server_path)
     except SystemExit as stop:
-        send("load_failed", problem=f"exited during import (sys.exit, status {stop.code!r})")
+        send("load_failed", problem=f"cannot load {server_path}: exited during import (sys.exit, status {stop.code!r})")
         return
     except MemoryError:
-        send("load_failed", problem="went over the memory limit during import (MemoryError)", memory=True)
+        send("load_failed", memory=True)
         return
     except BaseException as error:  # whatever a submission raises on import is its failure, not the run's
         send("load_failed", problem=f"{manager.describe_load_error(server_path, error)}\n"

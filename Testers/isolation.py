@@ -15,6 +15,7 @@ before anything is judged; a child that dies, hangs, or sends garbage fails its 
 
 from __future__ import annotations
 
+import atexit
 import compileall
 import itertools
 import json
@@ -39,6 +40,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from Testers.cases import Case, declared_weight, plan_of
+from Testers.keys import FUNCTIONALITY
 from Testers.quiet import WaitRecord
 from Testers.run import Limits, RunRecord
 
@@ -47,6 +49,7 @@ KIT_FILES = ("ChatClient.py", "ChatMessageParser.py", "ChatTestManager.py")  # a
 REPORT_LIMIT = 32 << 20  # bytes a child may send back: far above any case's state and trace
 OUTPUT_KEPT = 16 << 10  # bytes kept of what a child prints outside the case's trace
 LOGS_KEPT = 64 << 20  # bytes of a child's log files copied into Logs/
+SUBMISSION_LIMIT = 16 << 20  # bytes of a submission's file that are staged
 # Nothing of the grader's environment reaches a submission: a course's secrets may be there.
 # glibc would reserve 64 MiB of address space for each thread's malloc arena: two arenas in all.
 CHILD_ENVIRONMENT = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONIOENCODING": "utf-8",
@@ -193,7 +196,7 @@ class Stage:
 
     def __init__(self, case: Case, settings: Any, server: Path, kit: Path, isolation: Isolation, slot: int,
                  slots: int) -> None:
-        self.case, self.settings, self.kit, self.isolation = case, settings, kit, isolation
+        self.case, self.settings, self.server, self.kit, self.isolation = case, settings, server, kit, isolation
         self.limits: Limits = settings.limits
         self.uid = sandbox_uid(slot) if isolation.own_user else None
         self.folder = Path(tempfile.mkdtemp(prefix=f"crc-{case.name}-"))
@@ -201,10 +204,12 @@ class Stage:
         (self.folder / "kit").mkdir(mode=0o755)  # where the jail shows the kit (`kit`, one copy for every case)
         submission = self.folder / "submission"
         submission.mkdir()
-        shutil.copyfile(server, submission / "ChatServer.py")
-        parser = server.with_name("ChatMessageParser.py")
-        if parser.is_file():  # the submission's own parser, as in the course's kit
-            shutil.copyfile(parser, submission / "ChatMessageParser.py")
+        # The server and the modules beside it (its own ChatMessageParser.py, as in the course's kit, or a
+        # helper of a student's), never through a link: it could point at the answers.
+        copy_regular(server, submission / "ChatServer.py")
+        for module in sorted(server.parent.glob("*.py")):
+            if module.name != "ChatServer.py":
+                copy_regular(module, submission / module.name)
         for folder in (submission, self.folder / "logs", self.folder / "tmp"):
             folder.mkdir(exist_ok=True)
             self._hand_over(folder)
@@ -224,6 +229,10 @@ class Stage:
 
     def close(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
+
+    def here(self, text: str) -> str:
+        """A text of the child's with the staged submission named where it really is: a student knows that."""
+        return text.replace(str(self.folder / "submission"), str(self.server.parent))
 
     def config(self, number: int) -> Dict[str, Any]:
         prefixes = [path for path in _interpreter_paths() if os.path.isdir(path)]
@@ -312,18 +321,11 @@ class Stage:
             if not folder.is_dir() or folder.is_symlink():
                 continue
             for entry in sorted(os.scandir(folder), key=lambda entry: entry.name):
-                try:
-                    descriptor = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-                except OSError:
+                copied = copy_regular(Path(entry.path), log_dir / entry.name, budget)
+                if copied is None:
                     left_out.append(entry.name)
-                    continue
-                with os.fdopen(descriptor, "rb") as source:
-                    info = os.fstat(source.fileno())
-                    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1 or info.st_size > budget:
-                        left_out.append(entry.name)
-                        continue
-                    budget -= info.st_size
-                    (log_dir / entry.name).write_bytes(source.read(info.st_size))
+                else:
+                    budget -= copied
         return left_out
 
 
@@ -331,8 +333,9 @@ class ForkServer:
     """The grader's end of Testers/sandbox.py's fork server: one process, started once for a run, that
     forks a sandboxed child for each case (see serve there). Started again if it ever dies."""
 
-    def __init__(self, kit: Path) -> None:
-        self.kit = kit
+    def __init__(self) -> None:
+        self.folder = tempfile.TemporaryDirectory(prefix="crc-kit-")
+        self.kit = copy_kit(Path(self.folder.name))
         self.lock = threading.Lock()
         self.numbers = itertools.count(1)
         self.answers: Dict[int, "queue.Queue[Dict[str, Any]]"] = {}
@@ -390,9 +393,34 @@ class ForkServer:
 
     def close(self) -> None:
         """Closing the channel ends the fork server, and whatever case it still runs."""
-        if self.process is not None:
-            self.channel.shutdown(socket.SHUT_RDWR)  # the listener's recv holds the socket open until then
-            self.process.wait(10)
+        with self.lock:
+            if self.process is not None and self.process.poll() is None:
+                self.channel.shutdown(socket.SHUT_RDWR)  # the listener's recv holds the socket open until then
+                self.process.wait(10)
+        self.folder.cleanup()
+
+
+@lru_cache(maxsize=None)
+def fork_server() -> ForkServer:
+    """This process's fork server, started when first needed and ended when this process ends."""
+    server = ForkServer()
+    atexit.register(server.close)
+    return server
+
+
+def copy_regular(source: Path, target: Path, budget: int = SUBMISSION_LIMIT) -> Optional[int]:
+    """Copy a regular file of at most `budget` bytes, never through a link (nor a second hard link, which
+    may be another name of a file its owner could not read); its size, or None when nothing was copied."""
+    try:
+        descriptor = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    with os.fdopen(descriptor, "rb") as file:
+        info = os.fstat(file.fileno())
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1 or info.st_size > budget:
+            return None
+        target.write_bytes(file.read(info.st_size))
+        return info.st_size
 
 
 def _event(line: bytes) -> Dict[str, Any]:
@@ -427,7 +455,22 @@ def describe_end(outcome: Outcome, limits: Limits, when: str) -> str:
     return f"killed its own process {when} ({signal_name(number)}), or the system did"
 
 
-def record_from(outcome: Outcome, limits: Limits) -> Tuple[RunRecord, List[str]]:
+def load_problem(outcome: Outcome, limits: Limits, server: Path) -> Optional[str]:
+    """Why the submission was not loaded in this child (a line, then any detail), or None once it was."""
+    if outcome.first("loaded"):
+        return None
+    printed = f"\nwhat it printed last:\n{outcome.printed_tail(10)}" if outcome.printed else ""
+    if not outcome.first("started"):
+        return f"the sandbox could not start the runner: {describe_end(outcome, limits, 'at start')}{printed}"
+    failed = outcome.first("load_failed")
+    if failed and not outcome.stopped:
+        if failed.get("memory"):
+            return f"cannot load {server}: went over the memory limit of {limits.memory_mib} MiB (a MemoryError)"
+        return str(failed.get("problem", f"cannot load {server}"))
+    return f"cannot load {server}: {describe_end(outcome, limits, 'during import')}{printed}"
+
+
+def record_from(outcome: Outcome, limits: Limits, server: Path) -> Tuple[RunRecord, List[str]]:
     """The child's record as a RunRecord, or a RunRecord that fails the case with the reason it has none;
     and lines for the log about the child."""
     about = [f"child    exit {outcome.status}; printed {outcome.printed_total} bytes outside the trace"]
@@ -438,30 +481,17 @@ def record_from(outcome: Outcome, limits: Limits) -> Tuple[RunRecord, List[str]]
     if loaded and isinstance(loaded.get("parser"), str):
         about.append(f"parser   {loaded['parser']} (what that server imported, in its sandbox)")
     records = [event.get("record") for event in outcome.events if event.get("event") == "record"]
-    problem = ""
-    if outcome.stopped or not records:
-        failed = outcome.first("load_failed")
-        if not outcome.first("started"):
-            problem = f"error: the sandbox could not start the runner: {describe_end(outcome, limits, 'at start')}"
-            if outcome.printed:
-                problem += f"\n{outcome.printed_tail()}"
-        elif failed and not outcome.stopped:
-            text = str(failed.get("problem", "it could not be loaded"))
-            problem = f"error: went over the memory limit of {limits.memory_mib} MiB: {text}" if failed.get("memory") \
-                else f"error: cannot load the submission: {text}"
-        elif loaded is None:
-            problem = f"error: {describe_end(outcome, limits, 'during import')}"
-        else:
-            problem = f"error: {describe_end(outcome, limits, 'while the case ran')}, at {outcome.last_step}"
-        if not outcome.stopped and not failed and outcome.printed and outcome.first("started"):
-            problem += f"\nwhat it printed last:\n{outcome.printed_tail(10)}"
-    if not problem:
+    problem = load_problem(outcome, limits, server)
+    if problem is None and (outcome.stopped or not records):
+        printed = f"\nwhat it printed last:\n{outcome.printed_tail(10)}" if outcome.printed else ""
+        problem = f"{describe_end(outcome, limits, 'while the case ran')}, at {outcome.last_step}{printed}"
+    if problem is None:
         try:
             return _checked_record(records[-1], limits), about
         except (ValueError, TypeError, KeyError, AttributeError) as error:
-            problem = f"error: its process sent back a record that cannot be read ({error})"
+            problem = f"its process sent back a record that cannot be read ({error})"
     steps = [str(event.get("text")) for event in outcome.events if event.get("event") == "step"]
-    return RunRecord({}, [problem], [], False, False, journal=steps), about
+    return RunRecord({}, [f"error: {problem}"], [], False, False, journal=steps), about
 
 
 def _checked_record(data: Any, limits: Limits) -> RunRecord:
@@ -500,7 +530,7 @@ class SubmissionError(Exception):
     """An exception raised in a sandboxed child, known by its text."""
 
 
-def run_isolated(path: Path, settings: Any, forks: ForkServer, slot: int = 0, slots: int = 1) -> Any:
+def run_isolated(path: Path, settings: Any, slot: int = 0, slots: int = 1) -> Any:
     """Run one case file in a sandboxed child and judge what it sends back: a ChatTestManager.CaseResult."""
     import ChatTestManager as manager
 
@@ -511,19 +541,38 @@ def run_isolated(path: Path, settings: Any, forks: ForkServer, slot: int = 0, sl
     case, findings = prepared
     log_dir = manager.case_log_dir(case, settings)
     isolation = probe(settings.sandbox)
-    stage = Stage(case, settings, Path(settings.server_path).resolve(), forks.kit, isolation, slot, slots)
+    server = Path(settings.server_path).resolve()
+    stage = Stage(case, settings, server, fork_server().kit, isolation, slot, slots)
     try:
-        outcome = stage.run(forks, settings.timeout + settings.slow * case.total_wait)
-        record, about = record_from(outcome, settings.limits)
+        outcome = stage.run(fork_server(), settings.timeout + settings.slow * case.total_wait)
+        record, about = record_from(outcome, settings.limits, server)
         left_out = stage.copy_logs(log_dir)
     finally:
         stage.close()
-    record.about = about + record.about + [f"sandbox  user {stage.uid if stage.uid is not None else 'ours'},"
-                                           f" namespaces {isolation.namespaces}; {settings.limits.describe()}"]
+    for name in ("errors", "logged", "journal", "about", "trace"):
+        setattr(record, name, [stage.here(line) for line in getattr(record, name)])
+    record.about = [stage.here(line) for line in about] + record.about + [
+        f"sandbox  user {stage.uid if stage.uid is not None else 'ours'}, namespaces {isolation.namespaces};"
+        f" {settings.limits.describe()}"]
     if left_out:
         record.about.append(f"logs     left out (not regular files, or over {LOGS_KEPT >> 20} MiB):"
                             f" {', '.join(left_out)}")
     return manager.judge(case, findings, settings, record, started)
+
+
+def import_problem(settings: Any) -> Optional[str]:
+    """Why the submission cannot even be imported, tried once in a sandboxed child before any case runs
+    (a line, then any detail), or None: a submission that cannot load fails every case for that one reason
+    at once, instead of after each case's own time limit."""
+    server = Path(settings.server_path).resolve()
+    case = Case("import", server, FUNCTIONALITY, [], [], None)
+    stage = Stage(case, settings, server, fork_server().kit, probe(settings.sandbox), 0, 1)
+    try:
+        outcome = stage.run(fork_server(), 0.0)
+    finally:
+        stage.close()
+    problem = load_problem(outcome, settings.limits, server)
+    return None if problem is None else stage.here(problem)
 
 
 def run_all_isolated(work: List[Tuple[Path, Any]], jobs: int, done: Callable[[int, Any], None]) -> List[Any]:
@@ -539,7 +588,7 @@ def run_all_isolated(work: List[Tuple[Path, Any]], jobs: int, done: Callable[[in
     def one(path: Path, settings: Any) -> Any:
         slot = slots.get()
         try:
-            return run_isolated(path, settings, forks, slot, jobs)
+            return run_isolated(path, settings, slot, jobs)
         except Exception:  # a fault of the grader's: this case says so, and the others still run
             return manager.CaseResult(path.stem, manager.FAILED, 0.0,
                                       [f"error: the grader failed on this case:\n{traceback.format_exc().rstrip()}"],
@@ -548,9 +597,7 @@ def run_all_isolated(work: List[Tuple[Path, Any]], jobs: int, done: Callable[[in
             slots.put(slot)
 
     finished: Dict[int, Any] = {}
-    with tempfile.TemporaryDirectory(prefix="crc-kit-") as folder, \
-            ThreadPoolExecutor(jobs, thread_name_prefix="case") as pool:
-        forks = ForkServer(copy_kit(Path(folder)))
+    with ThreadPoolExecutor(jobs, thread_name_prefix="case") as pool:
         futures = {pool.submit(one, path, settings): index for index, (path, settings) in enumerate(work)}
         try:
             for future in as_completed(futures):
@@ -558,8 +605,6 @@ def run_all_isolated(work: List[Tuple[Path, Any]], jobs: int, done: Callable[[in
                 done(futures[future], finished[futures[future]])
         except KeyboardInterrupt:
             pool.shutdown(wait=False, cancel_futures=True)
-            forks.close()  # and every case it runs
+            fork_server().close()  # and every case it runs
             raise
-        finally:
-            forks.close()
     return [finished[index] for index in range(len(work))]

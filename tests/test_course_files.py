@@ -212,10 +212,11 @@ def test_a_server_written_for_the_courses_kit_runs_course_style_cases_with_full_
 
 
 def test_an_autograder_script_drives_crctestmanager_as_the_course_does() -> None:
-    tests = {"3_1_clients_1_server_1_client": 3, "4_2_chat_1_hop": 3}
+    tests = {"4_2_chat_1_hop": 3, "3_1_clients_1_server_1_client": 3}  # results come in sorted order all the same
     log = ROOT / "Logs" / "4_2_chat_1_hop.log"
     log.unlink(missing_ok=True)  # left by an earlier run, it would prove nothing
     score, results = CRCTestManager(CRCServerImpl=MuteServer, catch_exceptions=True).run_tests(tests)
+    assert type(score) is int, f"integer points give an integer score, as the course's: {score!r}"
     assert score == 6 and [(r["test"], r["passed"], r["errors"], r["exception"]) for r in results] == [
         ("3_1_clients_1_server_1_client", True, None, None), ("4_2_chat_1_hop", True, None, None)], results
     assert log.is_file(), f"run_tests must write {log}, as the course's does"

@@ -16,6 +16,7 @@ from netkit import write_case
 import ChatMessageParser
 import ChatTestManager as manager
 from Testers.checker import compare
+from Testers.ports import PortMap
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES = manager.select_cases(ROOT / "TestCases", [])
@@ -275,13 +276,13 @@ def test_a_quoted_chat_arrives_with_its_quotes_and_spaces(tmp_path: Path, settin
 # Ports and submissions
 
 def test_written_ports_map_to_free_ports_consistently() -> None:
-    ports = manager.PortMap()
+    ports = PortMap()
     first, second = ports(5000), ports(5001)
     assert ports(5000) == first and first != second and ports(None) is None
     for port in (first, second):
         with socket.socket() as probe:
             probe.bind(("", port))  # raises if the port were taken
-    assert manager.PortMap(keep=True)(5000) == 5000
+    assert PortMap(keep=True)(5000) == 5000
 
 
 def test_a_case_runs_even_when_its_written_port_is_taken_unless_ports_are_kept(tmp_path: Path) -> None:
