@@ -75,6 +75,7 @@ from Testers.drawing import MachineView, draw_network  # noqa: E402
 from Testers.keys import CONNECTIVITY, keys_for  # noqa: E402
 from Testers.lint import lint  # noqa: E402
 from Testers.mutants import MUTANTS, write_mutants  # noqa: E402
+from Testers.paths import check_paths  # noqa: E402
 from Testers.ports import PortMap, port_block  # noqa: E402
 from Testers.quiet import WaitRecord, can_report_quiet, wait_until_quiet  # noqa: E402
 from Testers.record import record  # noqa: E402
@@ -172,6 +173,7 @@ class Settings:
     parser: Optional[ModuleType] = None  # what server_path imports as ChatMessageParser (in-process runs)
     ports: Optional[Tuple[int, int]] = None  # the ports the servers may use (low, high), shared among the workers
     chaos: Optional[int] = None  # a seed: connections to servers pass through relays that cut, glue and delay
+    recording: bool = False  # --record: the run observes the final state, so what the file expects is moot
 
 
 @dataclass
@@ -191,6 +193,7 @@ class CaseResult:
     observed: Optional[Dict[str, Dict[str, Any]]] = None  # each machine's keys at the end, if the run completed
     graded_errors: List[str] = field(default_factory=list)  # with --as-course, case errors whose key was graded
     logged: List[str] = field(default_factory=list)  # with --as-course, errors servers logged: shown, not failed
+    weight_known: bool = True  # False for a case file too broken to say its weight (counted as 0)
 
     @property
     def case_error_lines(self) -> List[str]:
@@ -520,9 +523,13 @@ def run_case(path: Path, settings: Optional[Settings] = None) -> CaseResult:
     try:
         case = load_case(path)
     except CaseError as error:
-        return _not_run(CaseResult(path.stem, CASE_ERROR, 0.0, [], declared_weight(path), case_errors=[str(error)]),
-                        path, settings)
+        weight = declared_weight(path)
+        return _not_run(CaseResult(path.stem, CASE_ERROR, 0.0, [], weight or 0, case_errors=[str(error)],
+                                   weight_known=weight is not None), path, settings)
     findings = lint(case)
+    if settings.recording:
+        case = replace(case, final_state={})
+        findings = [finding for finding in findings if not finding.about_final_state]
     whole = [finding for finding in findings if finding.whole_case]
     if whole:
         return _not_run(CaseResult(case.name, CASE_ERROR, 0.0, [], case.weight, case.family,
@@ -630,6 +637,8 @@ def print_table(results: List[CaseResult]) -> None:
     print(f"{'Test':<{width}}  {'Family':<{family_width}}  {'Result':<10}  Points  Time    Case errors")
     for result in results:
         points = f"{_points(result.score)}/{_points(result.graded_weight)}"
+        if result.status == CASE_ERROR:  # not graded: '-' out of the points it would have counted
+            points = f"-/{_points(result.weight) if result.weight_known else '?'}"
         errors = str(len(result.case_errors)) if result.case_errors else ""
         print(f"{result.name:<{width}}  {result.family or '-':<{family_width}}  {result.status:<10}"
               f"  {points:>6}  {result.seconds:5.1f} s  {errors}".rstrip())
@@ -641,8 +650,10 @@ def print_table(results: List[CaseResult]) -> None:
     not_run = [result for result in results if result.status == CASE_ERROR]
     with_errors = [result for result in results if result.case_errors and result.status != CASE_ERROR]
     if not_run:
+        unknown = sum(not result.weight_known for result in not_run)
         summary += (f"; {len(not_run)} case(s) not run for errors in the file"
-                    f" ({_points(sum(result.weight for result in not_run))} points not graded)")
+                    f" ({_points(sum(result.weight for result in not_run))} points"
+                    f"{f' and {unknown} case(s) of unknown weight' if unknown else ''} not graded)")
     if with_errors:
         anyway = sum(len(result.graded_errors) for result in with_errors)
         summary += f"; {sum(len(result.case_errors) for result in with_errors)} case error(s) in" \
@@ -684,12 +695,17 @@ def compare_without_chaos(results: List[CaseResult], paths: List[Path], settings
 
 
 def list_cases(paths: List[Path]) -> None:
+    rows: List[Tuple[str, str, str, str]] = [("Case", "Points", "Family", "Description")]
     for path in paths:
         try:
             case = load_case(path)
-            print(f"{case.name:<40} {_points(case.weight):>3}  {case.family or '-':<16} {case.description}")
+            rows.append((case.name, _points(case.weight), case.family or "-", case.description))
         except CaseError as error:
-            print(f"{path.stem:<40} error: {error}")
+            rows.append((path.stem, "-", "-", f"error: {error}"))
+    width = max(len(row[0]) for row in rows)
+    family_width = max(len(row[2]) for row in rows)
+    for name, points, family, description in rows:
+        print(f"{name:<{width}}  {points:>6}  {family:<{family_width}}  {description}".rstrip())
 
 
 def lint_cases(paths: List[Path]) -> int:
@@ -709,7 +725,7 @@ def lint_cases(paths: List[Path]) -> int:
     return 1 if errors else 0
 
 
-def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+def parse_args(argv: Optional[List[str]] = None, prog: str = "ChatTestManager.py") -> argparse.Namespace:
     def positive(text: str) -> float:
         value = float(text)
         if value <= 0:
@@ -728,7 +744,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
             raise argparse.ArgumentTypeError(f"must be LOW-HIGH, from 1024 to 65535 with LOW below HIGH, not {text!r}")
         return int(low), int(high)
 
-    parser = ChatClient.ArgumentParser(prog="ChatTestManager.py", description="Run CRC scenario test cases.")
+    parser = ChatClient.ArgumentParser(prog=prog, description="Run CRC scenario test cases.")
     parser.add_argument("names", nargs="*",
                         help="run only these cases: names, starts of names, or paths to .cfg files")
     parser.add_argument("--cases", type=Path, default=DEFAULT_CASES_DIR, help="folder of .cfg case files")
@@ -822,7 +838,7 @@ def run_all(work: List[Tuple[Path, Settings]], jobs: int,
                 except BrokenProcessPool as error:  # a worker died (a submission called os._exit, say)
                     path = work[index][0]
                     result = CaseResult(path.stem, FAILED, 0.0, [f"error: the worker process died: {error}"],
-                                        declared_weight(path))
+                                        declared_weight(path) or 0)
                 finished[index] = result
                 done(index, result)
         except KeyboardInterrupt:
@@ -878,8 +894,18 @@ def print_mutant_matrix(paths: List[Path], results: List[CaseResult], require_ki
     return 1 if survivors and require_kill else 0
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    args = parse_args(argv)
+def output_paths_problem(args: argparse.Namespace, paths: List[Path]) -> Optional[str]:
+    """Before any case runs: the first path the run would write and cannot (results files, the logs'
+    folder, and with --record the case files), or None."""
+    files = [("--gradescope", args.gradescope), ("--junit", args.junit)]
+    files += [("--record", path) for path in paths] if args.record else []
+    problems = check_paths(files, [("--logs", args.logs)])
+    return problems[0] if problems else None
+
+
+def main(argv: Optional[List[str]] = None, prog: str = "ChatTestManager.py") -> int:
+    """`prog`: the name the help and the errors give this command (CRCTestManager.py runs it too)."""
+    args = parse_args(argv, prog)
     if args.demo:
         from Testers.demo import run_demo  # only the demo needs it
         return run_demo()
@@ -899,12 +925,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     if args.lint:
         return lint_cases(paths)
+    problem = output_paths_problem(args, paths)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     if args.record:
         if not args.names:
             print("error: --record needs the cases to record, by name or file", file=sys.stderr)
             return 2
         ports.block = port_block(0, 1, args.ports)
-        return record_cases(paths, Settings(logs_dir=args.logs, slow=args.slow, timeout=args.timeout),
+        return record_cases(paths, Settings(logs_dir=args.logs, slow=args.slow, timeout=args.timeout, recording=True),
                             args.record_keys_only)
     try:
         load_server_module(args.server)
@@ -912,7 +942,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         problem = describe_load_error(args.server, error)
         print(f"error: {problem}", file=sys.stderr)
         if args.gradescope:  # the autograder still gets results: every test failed, and why
-            failed = [CaseResult(path.stem, FAILED, 0.0, [f"error: {problem}"], declared_weight(path))
+            failed = [CaseResult(path.stem, FAILED, 0.0, [f"error: {problem}"], declared_weight(path) or 0)
                       for path in paths]
             write_gradescope(args.gradescope, failed, 0.0, problem)
         return 2
@@ -935,6 +965,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         write_gradescope(args.gradescope, results, seconds)
     if args.junit:
         write_junit(args.junit, results, seconds)
+    if all(result.status == CASE_ERROR for result in results):
+        print("error: no test ran: every case named has errors in its file", file=sys.stderr)
+        return 1
     return 0 if all(result.status != FAILED for result in results) else 1
 
 
