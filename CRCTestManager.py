@@ -74,4 +74,4 @@ def as_module(parser: Any) -> ModuleType:
 
 
 if __name__ == "__main__":
-    sys.exit(ChatTestManager.main(prog="CRCTestManager.py"))
+    sys.exit(ChatTestManager.command_line("CRCTestManager.py"))

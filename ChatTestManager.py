@@ -971,5 +971,14 @@ def main(argv: Optional[List[str]] = None, prog: str = "ChatTestManager.py") -> 
     return 0 if all(result.status != FAILED for result in results) else 1
 
 
+def command_line(prog: str) -> int:
+    """main() as a command: a reader that stops reading (`| head`) ends the run without a traceback."""
+    try:
+        return main(prog=prog)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no one reads what is still buffered
+        return 1
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(command_line("ChatTestManager.py"))

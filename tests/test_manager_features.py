@@ -405,6 +405,12 @@ def test_the_demo_starts_a_network_shows_chats_and_a_quit_and_exits_0() -> None:
                  "`-- gamma (3)"):
         assert seen in run.stdout, f"expected {seen!r} in the demo's output:\n{run.stdout}"
     assert run.stderr == "", run.stderr
+    # Issue 19: the servers' trace (raw bytes) reached the terminal, from their own threads, and a line of
+    # it could be glued to one of the demo's.
+    traced = [line for line in run.stdout.splitlines() if "Host ID #" in line or "\t" in line]
+    assert not traced, "expected no trace line in the demo; it printed:\n" + "\n".join(traced[:5])
+    glued = [line for line in run.stdout.splitlines() if " sees] " in line and not re.match(r"    \[\w+ sees\] ", line)]
+    assert not glued, "expected each event on a line of its own; these are glued:\n" + "\n".join(glued)
 
 
 # ---------------------------------------------------------------------------------------------
