@@ -686,15 +686,27 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {message} (see --help)\n")
 
 
+def writable_file(path: str) -> str:
+    """An option's type: a file this program can write (tried now, so that a log it cannot write is an
+    error here, not a traceback from logging later)."""
+    try:
+        with open(path, "a", encoding="utf-8"):
+            pass
+    except OSError as error:
+        raise argparse.ArgumentTypeError(f"cannot write {path!r}: {error.strerror or error}") from None
+    return path
+
+
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     def within(low: int, high: int) -> Callable[[str], int]:
         def number(text: str) -> int:
             try:
                 value = int(text)
             except ValueError:
-                raise argparse.ArgumentTypeError(f"must be a whole number from {low} to {high}, not {text!r}") from None
+                raise argparse.ArgumentTypeError(f"must be a whole number from {low:,} to {high:,}, not {text!r}") \
+                    from None
             if not low <= value <= high:
-                raise argparse.ArgumentTypeError(f"must be from {low} to {high}, not {value}")
+                raise argparse.ArgumentTypeError(f"must be a whole number from {low:,} to {high:,}, not {text!r}")
             return value
         return number
 
@@ -707,14 +719,15 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                 raise argparse.ArgumentTypeError(f"{what} may not hold white space (others could not /msg it),"
                                                  f" not {text!r}")
             if len(text.encode("utf-8")) > limit:
-                raise argparse.ArgumentTypeError(f"{what} is at most {limit} bytes of UTF-8, not"
-                                                 f" {len(text.encode('utf-8'))}")
+                raise argparse.ArgumentTypeError(f"{what} is at most {limit:,} bytes of UTF-8, not"
+                                                 f" {len(text.encode('utf-8')):,}")
             return text
         return check
 
     parser = ArgumentParser(prog="ChatClient.py", description="Chat on a Clemson Relay Chat network.", epilog=HELP,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-S", "--serverhost", required=True, help="host name or address of a CRC server")
+    parser.add_argument("-S", "--serverhost", required=True, type=text_of_at_most(255, "the host", may_be_empty=False),
+                        help="host name or address of a CRC server")
     parser.add_argument("-P", "--serverport", required=True, type=within(1, 65535), help="port of that server")
     a_name = text_of_at_most(MAX_NAME_BYTES, "a name", may_be_empty=False, may_hold_spaces=False)
     parser.add_argument("-U", "--username", required=True, type=a_name,
@@ -722,7 +735,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("-I", "--info", default="", type=text_of_at_most(MAX_INFO_BYTES, "the info"),
                         help="a line about you")
     parser.add_argument("--id", type=within(1, MAX_ID), default=None, help="your id (default: random)")
-    parser.add_argument("--log-file", dest="log_file", default=None, help="write this client's log here")
+    parser.add_argument("--log-file", dest="log_file", default=None, type=writable_file,
+                        help="write this client's log here")
     parser.add_argument("-v", "--verbose", action="store_true", help="copy the log to stderr")
     return parser.parse_args(argv)
 

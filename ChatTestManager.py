@@ -41,6 +41,7 @@ import argparse
 import importlib.util
 import json
 import logging
+import math
 import multiprocessing
 import os
 import shutil
@@ -727,21 +728,24 @@ def lint_cases(paths: List[Path]) -> int:
 
 def parse_args(argv: Optional[List[str]] = None, prog: str = "ChatTestManager.py") -> argparse.Namespace:
     def positive(text: str) -> float:
-        value = float(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be above 0, not {text}")
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not 0 < value < math.inf:  # also refuses nan
+            raise argparse.ArgumentTypeError(f"must be a number above 0, not {text!r}")
         return value
 
     def workers(text: str) -> int:
-        value = int(text)
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"must be 1 or more, not {text}")
-        return value
+        if not (text.isascii() and text.isdigit() and int(text) >= 1):
+            raise argparse.ArgumentTypeError(f"must be a whole number 1 or more, not {text!r}")
+        return int(text)
 
     def port_range(text: str) -> Tuple[int, int]:
         low, _, high = text.partition("-")
         if not (low.isdigit() and high.isdigit() and 1024 <= int(low) < int(high) <= 65535):
-            raise argparse.ArgumentTypeError(f"must be LOW-HIGH, from 1024 to 65535 with LOW below HIGH, not {text!r}")
+            raise argparse.ArgumentTypeError(f"must be LOW-HIGH, from 1,024 to 65,535 with LOW below HIGH,"
+                                             f" not {text!r}")
         return int(low), int(high)
 
     parser = ChatClient.ArgumentParser(prog=prog, description="Run CRC scenario test cases.")
@@ -788,7 +792,11 @@ def parse_args(argv: Optional[List[str]] = None, prog: str = "ChatTestManager.py
     parser.add_argument("--junit", type=Path, metavar="FILE", help="also write the results as JUnit XML, for CI")
     parser.add_argument("--demo", action="store_true",
                         help="start a small network (3 servers, 3 clients) in this process and show messages flowing")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for option, needs in (("--record-keys-only", "record"), ("--require-kill", "mutants")):
+        if getattr(args, option[2:].replace("-", "_")) and not getattr(args, needs):
+            parser.error(f"{option}: only with --{needs}")
+    return args
 
 
 def report(result: CaseResult) -> None:
