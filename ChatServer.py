@@ -351,8 +351,8 @@ class CRCServer:
         self.logger.info("connected to %s:%d and sent our registration", *address)
 
     def check_IO_devices_for_messages(self) -> None:
+        self.serving = True  # first: the command line's console shows its start-up lines on this trace line
         self.print_info(f"Listening for new connections on port {self.port}")
-        self.serving = True
         try:
             while not self.request_terminate:
                 events = self.sel.select(timeout=SELECT_TIMEOUT)
@@ -1398,6 +1398,31 @@ def parse_arguments(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return options
 
 
+class StartUpHeld(logging.Filter):
+    """The console log of a server started from the command line. Its start-up lines wait until it
+    serves, so that a server that cannot start (its port in use, its join failed) says why in one line,
+    main()'s, and nothing else; the log file has them all. Trace lines never show here: -v prints the
+    trace on stdout, and without -v there is none."""
+
+    def __init__(self, server: CRCServer, console: logging.Handler) -> None:
+        super().__init__()
+        self.server = server
+        self.console = console
+        self.held: Optional[List[logging.LogRecord]] = []  # None once the server serves
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.held is not None and self.server.serving and not self.server.request_terminate:
+            held, self.held = self.held, None
+            for earlier in held:
+                self.console.emit(earlier)
+        if getattr(record, "trace", False):
+            return False
+        if self.held is not None:
+            self.held.append(record)
+            return False
+        return True
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     options = parse_arguments(argv)
     try:
@@ -1408,8 +1433,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     console = logging.StreamHandler(sys.stderr)
     console.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
-    # The trace is printed on stdout with -v, and not at all without it: never on the console log.
-    console.addFilter(lambda record: not getattr(record, "trace", False))
+    console.addFilter(StartUpHeld(server, console))
     server.logger.addHandler(console)
 
     def stop(signal_number: int, _frame: object) -> None:
