@@ -31,8 +31,10 @@ beside this file), --gradescope FILE and --junit FILE (results for Gradescope an
 Each case's log (Logs/CASE.log) holds its commands, each as a `*CMD` line among the servers' trace, the
 lint's findings, the waits, the result and the state every machine ended in; Logs/CASE/ holds each
 server's and client's own log. On a failure the log, the console and the results files draw the network.
-Exit status: 0 when every test passed, 1 when any failed (or, with --lint, when a case has an error),
-2 for a usage error.
+Before any case runs, every path the run writes (the logs' folder, the results files, with --record
+the case files) is tried (Testers/paths.py): one that cannot be written stops the run in one line.
+Exit status: 0 when every test passed, 1 when any failed or none ran (or, with --lint, when a case has
+an error), 2 for a usage error or a path that cannot be written.
 """
 
 from __future__ import annotations

@@ -82,6 +82,7 @@ def test_a_quiet_wait_does_not_end_while_chats_sent_back_to_back_are_on_their_wa
     texts = [f'"chat {number}"' for number in range(20)]
     case = write_case(tmp_path, "burst", [
         "LAUNCHSERVER --id 1 --servername oak --port 4100",
+        "WAIT 5",  # until oak listens: elm, started at once, could find no one there and run alone
         "LAUNCHSERVER --id 2 --servername elm --port 4101 --connect_to_host localhost --connect_to_port 4100",
         "WAIT 5",
         "LAUNCHCLIENT --id 11 --serverhost localhost --serverport 4100 --username ada",
