@@ -76,4 +76,4 @@ def as_module(parser: Any) -> ModuleType:
 
 
 if __name__ == "__main__":
-    sys.exit(ChatTestManager.main())
+    sys.exit(ChatTestManager.command_line("CRCTestManager.py"))

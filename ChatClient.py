@@ -84,7 +84,8 @@ def part_count(parts: List[str]) -> int:
     return max(1, sum(1 for part in parts if part))
 
 # Called from the listener thread after the client's state has taken a message in. The second
-# argument is the name the sender had before the message (so a quit still has a name), or None.
+# argument is the name the sender had before the message (so a quit still has a name; our own name for
+# a chat to ourselves), or None.
 EventHook = Callable[[Message, Optional[str]], None]
 readline: Optional[ModuleType] = None  # imported by main() for a terminal: line editing and history
 
@@ -264,7 +265,10 @@ class CRCClient:
         return None
 
     def _handle(self, message: Message) -> None:
+        # A chat to ourselves comes from ourselves: not in connected_user_ids, which holds the others.
         known_name = self.connected_user_ids.get(message.source_id)
+        if message.source_id == self.id:
+            known_name = self.client_name
         if isinstance(message, ClientRegistrationMessage):
             self.connected_user_ids[message.source_id] = message.client_name
             self.logger.info("client %s (id %d) is online", message.client_name, message.source_id)
@@ -295,7 +299,7 @@ HELP = """Commands:
   /who                   list who is online, you too
   /quit [text]           leave the chat
   /help                  show this help
-  any other line         send it to the last person you messaged
+  any other line         send it to the last person you messaged (before that: whoever last wrote to you)
 Keys: arrows and the usual editing keys edit the line; up and down recall earlier lines."""
 NO_WELCOME_SECONDS = 5.0  # after connecting, say so if the server has not welcomed us by then
 WAKE_SECONDS = 0.1  # how often the listener wakes a main thread that has not noticed the connection ended
@@ -305,6 +309,11 @@ REDRAW_WAKE_SECONDS = 0.02  # how often the listener asks the main thread again 
 # C0 and C1 control characters and DEL: from another user, never for the terminal to interpret.
 _CONTROLS = {code: f"\\x{code:02x}" for code in list(range(0x20)) + list(range(0x7F, 0xA0))}
 _CONTROLS.update({ord("\t"): "\\t", ord("\n"): "\\n", ord("\r"): "\\r"})
+# Bidirectional controls: an override (U+202E) turns the rest of the row around, so that a text can show
+# another than it holds; the marks and isolates are as invisible. Shown escaped too.
+_CONTROLS.update({code: f"\\u{code:04x}" for code in [0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F),
+                                                        *range(0x2066, 0x206A)]})
+ECHO_LIMIT = 200  # in a terminal, the echo of a longer text of ours shows this many characters of it
 
 
 def unsent_bytes(sock: socket.socket) -> int:  # ChatServer has its copy: it stands alone (a test keeps them equal)
@@ -318,8 +327,9 @@ def unsent_bytes(sock: socket.socket) -> int:  # ChatServer has its copy: it sta
 
 
 def printable(text: str) -> str:
-    """Text from the network with every control character shown escaped (\\x1b, \\n), never interpreted:
-    another user's escape sequence must not clear your screen or move your cursor."""
+    """Text from the network with every control character shown escaped (\\x1b, \\n, \\u202e), never
+    interpreted: another user's escape sequence must not clear your screen or move your cursor, nor a
+    bidirectional control turn the rest of the row around."""
     return text.translate(_CONTROLS)
 
 
@@ -328,7 +338,11 @@ def describe_event(message: Message, known_name: Optional[str], content: Optiona
     stands for a chat's own: the whole of a text that came in several parts."""
     sender = printable(known_name) if known_name else f"id {message.source_id}"
     if isinstance(message, ClientRegistrationMessage):
-        return f"* {printable(message.client_name)} is online (id {message.source_id})"
+        # Known already: it came back before its server gave it up (a restart within the hold-down).
+        if known_name is None:
+            return f"* {printable(message.client_name)} is online (id {message.source_id})"
+        renamed = f", was {printable(known_name)}" if known_name != message.client_name else ""
+        return f"* {printable(message.client_name)} is back (id {message.source_id}{renamed})"
     if isinstance(message, ClientQuitMessage):
         return f"* {sender} left" + (f": {printable(message.content)}" if message.content else "")
     if isinstance(message, ClientChatMessage):
@@ -494,12 +508,19 @@ class TerminalChat:
         self.last_event = time.monotonic()
         self.main_thread = threading.main_thread()
         self.wakeable = False  # the main thread is in run()'s loop, and is woken if the server goes
+        # Held while a chat is sent and echoed, and while an event is shown: an answer to the chat (an
+        # Unknown ID, say), which can come before the echo is printed, waits and comes after it.
+        self.order = threading.Lock()
         client.on_event = self.on_event
 
     # --------------------------------------------------------------------- the network's side
 
     def on_event(self, message: Message, known_name: Optional[str]) -> None:
         """In the listener thread: show what happened, a long chat once all its parts are in."""
+        with self.order:
+            self.show_event(message, known_name)
+
+    def show_event(self, message: Message, known_name: Optional[str]) -> None:
         self.last_event = time.monotonic()
         if isinstance(message, ClientChatMessage):
             self.last_writer = message.source_id
@@ -595,6 +616,8 @@ class TerminalChat:
         if not line.strip():
             return None
         if not line.startswith("/"):
+            if self.last_peer is None:  # no one messaged yet: whoever wrote last is the one to answer
+                self.last_peer = self.last_writer
             if self.last_peer is None:
                 self.screen.say("No one to send to yet: start with /msg NAME text (see /who).")
             else:
@@ -654,16 +677,21 @@ class TerminalChat:
         return None
 
     def send(self, destination: int, text: str) -> None:
-        try:
-            parts = self.client.send_chat(destination, text)
-        except ValueError as error:  # an id out of range
-            self.screen.say(f"Not sent: {error}")
-            return
-        if not parts:
-            self.screen.say("Not sent: not connected.")
-            return
-        note = f"   (sent in {parts} parts)" if parts > 1 else ""
-        self.screen.say(f"-> {self.name_of(destination)}: {text}{note}")
+        with self.order:
+            try:
+                parts = self.client.send_chat(destination, text)
+            except ValueError as error:  # an id out of range
+                self.screen.say(f"Not sent: {error}")
+                return
+            if not parts:
+                self.screen.say("Not sent: not connected.")
+                return
+            notes = [f"sent in {parts} parts"] if parts > 1 else []
+            if self.screen.interactive and len(text) > ECHO_LIMIT:  # the typed line shows it all already
+                notes.insert(0, f"{len(text):,} characters")
+                text = text[:ECHO_LIMIT] + "..."
+            note = f"   ({', '.join(notes)})" if notes else ""
+            self.screen.say(f"-> {self.name_of(destination)}: {printable(text)}{note}")
 
     def show_who(self) -> None:
         online = sorted(self.online().items(), key=lambda item: (item[1], item[0]))
@@ -686,15 +714,27 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {message} (see --help)\n")
 
 
+def writable_file(path: str) -> str:
+    """An option's type: a file this program can write (tried now, so that a log it cannot write is an
+    error here, not a traceback from logging later)."""
+    try:
+        with open(path, "a", encoding="utf-8"):
+            pass
+    except OSError as error:
+        raise argparse.ArgumentTypeError(f"cannot write {path!r}: {error.strerror or error}") from None
+    return path
+
+
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     def within(low: int, high: int) -> Callable[[str], int]:
         def number(text: str) -> int:
             try:
                 value = int(text)
             except ValueError:
-                raise argparse.ArgumentTypeError(f"must be a whole number from {low} to {high}, not {text!r}") from None
+                raise argparse.ArgumentTypeError(f"must be a whole number from {low:,} to {high:,}, not {text!r}") \
+                    from None
             if not low <= value <= high:
-                raise argparse.ArgumentTypeError(f"must be from {low} to {high}, not {value}")
+                raise argparse.ArgumentTypeError(f"must be a whole number from {low:,} to {high:,}, not {text!r}")
             return value
         return number
 
@@ -707,14 +747,15 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                 raise argparse.ArgumentTypeError(f"{what} may not hold white space (others could not /msg it),"
                                                  f" not {text!r}")
             if len(text.encode("utf-8")) > limit:
-                raise argparse.ArgumentTypeError(f"{what} is at most {limit} bytes of UTF-8, not"
-                                                 f" {len(text.encode('utf-8'))}")
+                raise argparse.ArgumentTypeError(f"{what} is at most {limit:,} bytes of UTF-8, not"
+                                                 f" {len(text.encode('utf-8')):,}")
             return text
         return check
 
     parser = ArgumentParser(prog="ChatClient.py", description="Chat on a Clemson Relay Chat network.", epilog=HELP,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-S", "--serverhost", required=True, help="host name or address of a CRC server")
+    parser.add_argument("-S", "--serverhost", required=True, type=text_of_at_most(255, "the host", may_be_empty=False),
+                        help="host name or address of a CRC server")
     parser.add_argument("-P", "--serverport", required=True, type=within(1, 65535), help="port of that server")
     a_name = text_of_at_most(MAX_NAME_BYTES, "a name", may_be_empty=False, may_hold_spaces=False)
     parser.add_argument("-U", "--username", required=True, type=a_name,
@@ -722,7 +763,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("-I", "--info", default="", type=text_of_at_most(MAX_INFO_BYTES, "the info"),
                         help="a line about you")
     parser.add_argument("--id", type=within(1, MAX_ID), default=None, help="your id (default: random)")
-    parser.add_argument("--log-file", dest="log_file", default=None, help="write this client's log here")
+    parser.add_argument("--log-file", dest="log_file", default=None, type=writable_file,
+                        help="write this client's log here")
     parser.add_argument("-v", "--verbose", action="store_true", help="copy the log to stderr")
     return parser.parse_args(argv)
 

@@ -351,8 +351,8 @@ class CRCServer:
         self.logger.info("connected to %s:%d and sent our registration", *address)
 
     def check_IO_devices_for_messages(self) -> None:
+        self.serving = True  # first: the command line's console shows its start-up lines on this trace line
         self.print_info(f"Listening for new connections on port {self.port}")
-        self.serving = True
         try:
             while not self.request_terminate:
                 events = self.sel.select(timeout=SELECT_TIMEOUT)
@@ -375,8 +375,9 @@ class CRCServer:
         self.sel.close()
         self.wake_reader.close()
         self.waker.close()
+        if self.listening:  # a server that never started (its port in use, say) has nothing to report here
+            self.logger.info("%s stopped", self.server_name)
         self.listening = False
-        self.logger.info("%s stopped", self.server_name)
         for handler in self.logger.handlers:
             handler.close()
 
@@ -831,11 +832,11 @@ class CRCServer:
         self.timers.start(("closing", link), CLOSE_GRACE,
                           lambda: self.disconnect(link, "closed without taking its last message"))
 
-    def disconnect(self, link: Link, reason: str) -> None:
+    def disconnect(self, link: Link, reason: str, level: int = logging.INFO) -> None:
         """The one way a link closes. A registered peer's departure is announced after the hold-down."""
         if link.state == CLOSED:
             return
-        self.logger.info("closing the link to %s: %s", self.describe(link.record), reason)
+        self.logger.log(level, "closing the link to %s: %s", self.describe(link.record), reason)
         link.close()
         self.links.discard(link)
         self.overfed.discard(link)
@@ -923,7 +924,7 @@ class CRCServer:
         except OSError as error:  # refused, no such name, no descriptor left: one more failed try
             if sock is not None:
                 sock.close()
-            self.logger.warning("could not reach %s:%s: %s", self.connect_to_host, self.connect_to_port, error)
+            self.logger.debug("could not reach %s:%s: %s", self.connect_to_host, self.connect_to_port, error)
             self.schedule_reconnect()
             return
         link = self.uplink = self.open_link(sock, outbound=True, connecting=True)
@@ -932,8 +933,9 @@ class CRCServer:
     def finish_connecting(self, link: Link) -> None:
         error = link.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if error:
+            # A failed try, logged at debug level as every try is; the next one is scheduled there.
             self.disconnect(link, f"could not reach {self.connect_to_host}:{self.connect_to_port}:"
-                                  f" {os.strerror(error)}")  # the next try is scheduled there
+                                  f" {os.strerror(error)}", logging.DEBUG)
             return
         self.logger.debug("reached %s:%s again; registering", self.connect_to_host, self.connect_to_port)
         link.connected()
@@ -1355,7 +1357,7 @@ def parse_arguments(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--port", type=number(int, 0, 65535), required=True,
                         help="port to listen on (0: any free port)")
     parser.add_argument("--info", default="", type=text(0xFFFF), help="a line about this server")
-    parser.add_argument("--connect_to_host", default="localhost", help="host of a server to join")
+    parser.add_argument("--connect_to_host", help="host of a server to join (default localhost)")
     parser.add_argument("--connect_to_port", type=number(int, 1, 65535), help="port of a server to join")
     parser.add_argument("--alone-if-join-fails", dest="alone_if_join_fails", action="store_true",
                         help="if the server to join cannot be reached or refuses us, start a network of our own"
@@ -1388,16 +1390,50 @@ def parse_arguments(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--max-frame-size", dest="max_frame_size", type=number(int, 16, float("inf"), " bytes"),
                         default=DEFAULT_MAX_FRAME_SIZE, metavar="BYTES",
                         help="refuse a chat, status or quit that declares more bytes (default %(default)d)")
-    return parser.parse_args(argv)
+    options = parser.parse_args(argv)
+    if options.connect_to_host is not None and options.connect_to_port is None:
+        parser.error("--connect_to_host: needs --connect_to_port, the port of the server to join")
+    if options.connect_to_port is not None and options.connect_to_host is None:
+        options.connect_to_host = "localhost"
+    return options
+
+
+class StartUpHeld(logging.Filter):
+    """The console log of a server started from the command line. Its start-up lines wait until it
+    serves, so that a server that cannot start (its port in use, its join failed) says why in one line,
+    main()'s, and nothing else; the log file has them all. Trace lines never show here: -v prints the
+    trace on stdout, and without -v there is none."""
+
+    def __init__(self, server: CRCServer, console: logging.Handler) -> None:
+        super().__init__()
+        self.server = server
+        self.console = console
+        self.held: Optional[List[logging.LogRecord]] = []  # None once the server serves
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.held is not None and self.server.serving and not self.server.request_terminate:
+            held, self.held = self.held, None
+            for earlier in held:
+                self.console.emit(earlier)
+        if getattr(record, "trace", False):
+            return False
+        if self.held is not None:
+            self.held.append(record)
+            return False
+        return True
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     options = parse_arguments(argv)
-    server = CRCServer(options)
+    try:
+        server = CRCServer(options)
+    except OSError as error:  # the log file cannot be written
+        print(f"ChatServer.py: --log-file {options.log_file}: cannot write it: {error.strerror or error}"
+              f"{f': {error.filename}' if error.filename else ''} (see --help)", file=sys.stderr)
+        return 2
     console = logging.StreamHandler(sys.stderr)
     console.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
-    # With -v the trace is printed on stdout already: the console log does not repeat it.
-    console.addFilter(lambda record: not (server.tracing and getattr(record, "trace", False)))
+    console.addFilter(StartUpHeld(server, console))
     server.logger.addHandler(console)
 
     def stop(signal_number: int, _frame: object) -> None:

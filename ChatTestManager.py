@@ -31,14 +31,17 @@ beside this file), --gradescope FILE and --junit FILE (results for Gradescope an
 Each case's log (Logs/CASE.log) holds its commands, each as a `*CMD` line among the servers' trace, the
 lint's findings, the waits, the result and the state every machine ended in; Logs/CASE/ holds each
 server's and client's own log. On a failure the log, the console and the results files draw the network.
-Exit status: 0 when every test passed, 1 when any failed (or, with --lint, when a case has an error),
-2 for a usage error.
+Before any case runs, every path the run writes (the logs' folder, the results files, with --record
+the case files) is tried (Testers/paths.py): one that cannot be written stops the run in one line.
+Exit status: 0 when every test passed, 1 when any failed or none ran (or, with --lint, when a case has
+an error), 2 for a usage error or a path that cannot be written.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing
 import os
 import shutil
@@ -70,6 +73,7 @@ from Testers.isolation import SANDBOX_MODES, import_problem, probe, run_all_isol
 from Testers.keys import keys_for  # noqa: E402
 from Testers.lint import Finding, lint  # noqa: E402
 from Testers.mutants import MUTANTS, write_mutants  # noqa: E402
+from Testers.paths import check_paths  # noqa: E402
 from Testers.ports import port_block  # noqa: E402
 from Testers.quiet import WaitRecord  # noqa: E402
 from Testers.record import record  # noqa: E402
@@ -114,6 +118,7 @@ class CaseResult:
     observed: Optional[Dict[str, Dict[str, Any]]] = None  # each machine's keys at the end, if the run completed
     graded_errors: List[str] = field(default_factory=list)  # with --as-course, case errors whose key was graded
     logged: List[str] = field(default_factory=list)  # with --as-course, errors servers logged: shown, not failed
+    weight_known: bool = True  # False for a case file too broken to say its weight (counted as 0)
 
     @property
     def case_error_lines(self) -> List[str]:
@@ -173,9 +178,13 @@ def prepare_case(path: Path, settings: Settings) -> Union[Tuple[Case, List[Findi
     try:
         case = load_case(path)
     except CaseError as error:
-        return _not_run(CaseResult(path.stem, CASE_ERROR, 0.0, [], declared_weight(path), case_errors=[str(error)]),
-                        path, settings)
+        weight = declared_weight(path)
+        return _not_run(CaseResult(path.stem, CASE_ERROR, 0.0, [], weight or 0, case_errors=[str(error)],
+                                   weight_known=weight is not None), path, settings)
     findings = lint(case)
+    if settings.recording:
+        case = replace(case, final_state={})
+        findings = [finding for finding in findings if not finding.about_final_state]
     if any(finding.whole_case for finding in findings):
         return _not_run(CaseResult(case.name, CASE_ERROR, 0.0, [], case.weight, case.family,
                                    case_errors=[str(finding) for finding in findings]), path, settings)
@@ -290,6 +299,8 @@ def print_table(results: List[CaseResult]) -> None:
     print(f"{'Test':<{width}}  {'Family':<{family_width}}  {'Result':<10}  Points  Time    Case errors")
     for result in results:
         points = f"{_points(result.score)}/{_points(result.graded_weight)}"
+        if result.status == CASE_ERROR:  # not graded: '-' out of the points it would have counted
+            points = f"-/{_points(result.weight) if result.weight_known else '?'}"
         errors = str(len(result.case_errors)) if result.case_errors else ""
         print(f"{result.name:<{width}}  {result.family or '-':<{family_width}}  {result.status:<10}"
               f"  {points:>6}  {result.seconds:5.1f} s  {errors}".rstrip())
@@ -301,8 +312,10 @@ def print_table(results: List[CaseResult]) -> None:
     not_run = [result for result in results if result.status == CASE_ERROR]
     with_errors = [result for result in results if result.case_errors and result.status != CASE_ERROR]
     if not_run:
+        unknown = sum(not result.weight_known for result in not_run)
         summary += (f"; {len(not_run)} case(s) not run for errors in the file"
-                    f" ({_points(sum(result.weight for result in not_run))} points not graded)")
+                    f" ({_points(sum(result.weight for result in not_run))} points"
+                    f"{f' and {unknown} case(s) of unknown weight' if unknown else ''} not graded)")
     if with_errors:
         anyway = sum(len(result.graded_errors) for result in with_errors)
         summary += f"; {sum(len(result.case_errors) for result in with_errors)} case error(s) in" \
@@ -344,12 +357,17 @@ def compare_without_chaos(results: List[CaseResult], paths: List[Path], settings
 
 
 def list_cases(paths: List[Path]) -> None:
+    rows: List[Tuple[str, str, str, str]] = [("Case", "Points", "Family", "Description")]
     for path in paths:
         try:
             case = load_case(path)
-            print(f"{case.name:<40} {_points(case.weight):>3}  {case.family or '-':<16} {case.description}")
+            rows.append((case.name, _points(case.weight), case.family or "-", case.description))
         except CaseError as error:
-            print(f"{path.stem:<40} error: {error}")
+            rows.append((path.stem, "-", "-", f"error: {error}"))
+    width = max(len(row[0]) for row in rows)
+    family_width = max(len(row[2]) for row in rows)
+    for name, points, family, description in rows:
+        print(f"{name:<{width}}  {points:>6}  {family:<{family_width}}  {description}".rstrip())
 
 
 def lint_cases(paths: List[Path]) -> int:
@@ -369,28 +387,31 @@ def lint_cases(paths: List[Path]) -> int:
     return 1 if errors else 0
 
 
-def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+def parse_args(argv: Optional[List[str]] = None, prog: str = "ChatTestManager.py") -> argparse.Namespace:
     def positive(text: str) -> float:
-        value = float(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be above 0, not {text}")
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not 0 < value < math.inf:  # also refuses nan
+            raise argparse.ArgumentTypeError(f"must be a number above 0, not {text!r}")
         return value
 
     def workers(text: str) -> int:
-        value = int(text)
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"must be 1 or more, not {text}")
-        return value
+        if not (text.isascii() and text.isdigit() and int(text) >= 1):
+            raise argparse.ArgumentTypeError(f"must be a whole number 1 or more, not {text!r}")
+        return int(text)
 
     whole = workers
 
     def port_range(text: str) -> Tuple[int, int]:
         low, _, high = text.partition("-")
         if not (low.isdigit() and high.isdigit() and 1024 <= int(low) < int(high) <= 65535):
-            raise argparse.ArgumentTypeError(f"must be LOW-HIGH, from 1024 to 65535 with LOW below HIGH, not {text!r}")
+            raise argparse.ArgumentTypeError(f"must be LOW-HIGH, from 1,024 to 65,535 with LOW below HIGH,"
+                                             f" not {text!r}")
         return int(low), int(high)
 
-    parser = ChatClient.ArgumentParser(prog="ChatTestManager.py", description="Run CRC scenario test cases.")
+    parser = ChatClient.ArgumentParser(prog=prog, description="Run CRC scenario test cases.")
     parser.add_argument("names", nargs="*",
                         help="run only these cases: names, starts of names, or paths to .cfg files")
     parser.add_argument("--cases", type=Path, default=DEFAULT_CASES_DIR, help="folder of .cfg case files")
@@ -452,7 +473,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                              " that forbids them); process, not even a user of its own (as without root)")
     parser.add_argument("--demo", action="store_true",
                         help="start a small network (3 servers, 3 clients) in this process and show messages flowing")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    for option, needs in (("--record-keys-only", "record"), ("--require-kill", "mutants")):
+        if getattr(args, option[2:].replace("-", "_")) and not getattr(args, needs):
+            parser.error(f"{option}: only with --{needs}")
+    return args
 
 
 def report(result: CaseResult) -> None:
@@ -504,7 +529,7 @@ def run_all(work: List[Tuple[Path, Settings]], jobs: int,
                 except BrokenProcessPool as error:  # a worker died (a submission called os._exit, say)
                     path = work[index][0]
                     result = CaseResult(path.stem, FAILED, 0.0, [f"error: the worker process died: {error}"],
-                                        declared_weight(path))
+                                        declared_weight(path) or 0)
                 finished[index] = result
                 done(index, result)
         except KeyboardInterrupt:
@@ -565,13 +590,24 @@ def refuse(paths: List[Path], problem: str, gradescope: Optional[Path]) -> int:
     fails every test for that reason (an autograder without one shows the student only that it failed)."""
     print(f"error: {problem.splitlines()[0]}", file=sys.stderr)
     if gradescope:
-        failed = [CaseResult(path.stem, FAILED, 0.0, [f"error: {problem}"], declared_weight(path)) for path in paths]
+        failed = [CaseResult(path.stem, FAILED, 0.0, [f"error: {problem}"], declared_weight(path) or 0)
+                  for path in paths]
         write_gradescope(gradescope, failed, 0.0, problem)
     return 2
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    args = parse_args(argv)
+def output_paths_problem(args: argparse.Namespace, paths: List[Path]) -> Optional[str]:
+    """Before any case runs: the first path the run would write and cannot (results files, the logs'
+    folder, and with --record the case files), or None."""
+    files = [("--gradescope", args.gradescope), ("--junit", args.junit)]
+    files += [("--record", path) for path in paths] if args.record else []
+    problems = check_paths(files, [("--logs", args.logs)])
+    return problems[0] if problems else None
+
+
+def main(argv: Optional[List[str]] = None, prog: str = "ChatTestManager.py") -> int:
+    """`prog`: the name the help and the errors give this command (CRCTestManager.py runs it too)."""
+    args = parse_args(argv, prog)
     if args.demo:
         from Testers.demo import run_demo  # only the demo needs it
         return run_demo()
@@ -591,12 +627,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     if args.lint:
         return lint_cases(paths)
+    problem = output_paths_problem(args, paths)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     if args.record:
         if not args.names:
             print("error: --record needs the cases to record, by name or file", file=sys.stderr)
             return 2
         ports.block = port_block(0, 1, args.ports)
-        return record_cases(paths, Settings(logs_dir=args.logs, slow=args.slow, timeout=args.timeout),
+        return record_cases(paths, Settings(logs_dir=args.logs, slow=args.slow, timeout=args.timeout, recording=True),
                             args.record_keys_only)
     grading = args.server is not None or args.gradescope is not None or args.junit is not None
     server = args.server or DEFAULT_SERVER
@@ -641,8 +681,20 @@ def main(argv: Optional[List[str]] = None) -> int:
         write_gradescope(args.gradescope, results, seconds)
     if args.junit:
         write_junit(args.junit, results, seconds)
+    if all(result.status == CASE_ERROR for result in results):
+        print("error: no test ran: every case named has errors in its file", file=sys.stderr)
+        return 1
     return 0 if all(result.status != FAILED for result in results) else 1
 
 
+def command_line(prog: str) -> int:
+    """main() as a command: a reader that stops reading (`| head`) ends the run without a traceback."""
+    try:
+        return main(prog=prog)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no one reads what is still buffered
+        return 1
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(command_line("ChatTestManager.py"))

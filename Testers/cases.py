@@ -2,7 +2,9 @@
 `weight` (points, default 1), `family` and `description`, which only the report uses.
 
 `load_case` reads what a run needs and refuses a file that cannot run at all (not JSON, a key missing,
-an unknown type, a command that does not parse). Mistakes that a run survives, in the final state or in
+an unknown type, a command that does not parse). A file without `final_state` loads (its final_state
+None), so that --record can fill it in; the lint refuses to grade it, as one whose final_state checks
+nothing. Mistakes that a run survives, in the final state or in
 what the commands do, are the lint's (Testers/lint.py).
 """
 
@@ -12,12 +14,13 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Union
+from typing import Any, Dict, List, Optional, Union
 
 from Testers.commands import CaseError, ClientCommand, Command, Kill, Launch, Wait, parse_command
 from Testers.keys import CASE_TYPES
 
 CASE_KEYS = {"type", "commands", "final_state"}
+REQUIRED_CASE_KEYS = CASE_KEYS - {"final_state"}  # --record writes the final state of a case without one
 OPTIONAL_CASE_KEYS = {"weight", "family", "description"}  # for the report only; the checker ignores them
 
 
@@ -28,7 +31,7 @@ class Case:
     type: str
     lines: List[str]
     commands: List[Command]
-    final_state: Any  # as written: the lint says what in it cannot be graded
+    final_state: Any  # as written (None: missing): the lint says what in it cannot be graded
     weight: float = 1.0
     family: str = ""
     description: str = ""
@@ -52,7 +55,7 @@ def load_case(path: Path) -> Case:
         raise CaseError(f"cannot read {path}: {error}") from None
     if not isinstance(data, dict):
         raise CaseError("a case file holds one JSON object")
-    missing = CASE_KEYS - data.keys()
+    missing = REQUIRED_CASE_KEYS - data.keys()
     if missing:
         raise CaseError(f"missing keys {sorted(missing)}; a case has {sorted(CASE_KEYS)}"
                         f" and may have {sorted(OPTIONAL_CASE_KEYS)}")
@@ -83,7 +86,7 @@ def load_case(path: Path) -> Case:
     weight = data.get("weight", 1)
     if not is_weight(weight):
         raise CaseError(f"weight must be a number of points, not {weight!r}")
-    return Case(path.stem, path, data["type"], list(data["commands"]), commands, data["final_state"],
+    return Case(path.stem, path, data["type"], list(data["commands"]), commands, data.get("final_state"),
                 weight, str(data.get("family", "")), str(data.get("description", "")), warnings)
 
 
@@ -98,12 +101,14 @@ def case_from_plan(plan: Dict[str, Any]) -> Case:
     return Case(plan["name"], Path(plan["name"] + ".cfg"), plan["type"], list(plan["commands"]), commands, None)
 
 
-def declared_weight(path: Path) -> float:
-    """The weight a case file claims, even when the rest of it is broken, so the total stays right."""
+def declared_weight(path: Path) -> Optional[float]:
+    """The weight a case file claims, even when the rest of it is broken, so the total stays right; None
+    when the file cannot be read as JSON, and no weight can be known."""
     try:
-        weight = json.loads(Path(path).read_text(encoding="utf-8")).get("weight", 1)
-    except (OSError, ValueError, AttributeError):
-        return 1
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    weight = data.get("weight", 1) if isinstance(data, dict) else 1
     return float(weight) if is_weight(weight) else 1
 
 

@@ -1,7 +1,8 @@
 """`python3 ChatTestManager.py --demo`: a small CRC network in this one process, for a first look.
 
 Three servers in a chain, a client on each; the network is drawn once it has formed, then a few chats
-and a quit, each event printed as the client that received it sees it, then everything stops.
+and a quit, each event printed as the client that received it sees it, then everything stops. Only the
+demo prints, one line at a time: the servers' trace is off.
 """
 
 from __future__ import annotations
@@ -50,7 +51,9 @@ class Demo:
         joins = self.servers[-1] if self.servers else None
         options = argparse.Namespace(id=server_id, servername=name, info=f"demo server {name}", port=0,
                                      connect_to_host="127.0.0.1" if joins else None,
-                                     connect_to_port=joins.port if joins else None, log_file=None)
+                                     connect_to_port=joins.port if joins else None, log_file=None,
+                                     trace=False)  # the trace is for logs: printed here, from the servers'
+        # threads, its lines came between the demo's (print writes a line and its end apart), glued to them
         server = CRCServer(options, run_on_localhost=True)
         thread = threading.Thread(target=server.run, name=f"server {name}", daemon=True)
         self.servers.append(server)

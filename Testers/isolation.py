@@ -592,7 +592,7 @@ def run_all_isolated(work: List[Tuple[Path, Any]], jobs: int, done: Callable[[in
         except Exception:  # a fault of the grader's: this case says so, and the others still run
             return manager.CaseResult(path.stem, manager.FAILED, 0.0,
                                       [f"error: the grader failed on this case:\n{traceback.format_exc().rstrip()}"],
-                                      declared_weight(path))
+                                      declared_weight(path) or 0)
         finally:
             slots.put(slot)
 

@@ -12,7 +12,9 @@ key against that, and reports, with the case's name and the command or key:
 - ids expected that no command launches, or that the commands never connect to that machine's network;
 - adjacency lists that contradict the tree the commands build (checked only where no KILL of that
   machine or of a neighbour leaves the end uncertain);
-- chunks expected in sent_messages_asdqw, which nothing fills (the course's recorder records none).
+- chunks expected in sent_messages_asdqw, which nothing fills (the course's recorder records none);
+- a final_state that is missing or checks nothing (a whole-case error: a case that passes without
+  comparing anything would say nothing about the server).
 
 A key such a finding names is not graded: a server is never failed for a mistake in a case file.
 """
@@ -43,6 +45,10 @@ class Finding:
 
     def __str__(self) -> str:
         return f"{self.where}: {self.problem}"
+
+    @property
+    def about_final_state(self) -> bool:
+        return self.where.startswith("final_state")
 
 
 @dataclass
@@ -123,6 +129,9 @@ class Replay:
 def lint(case: Case) -> List[Finding]:
     replay = Replay(case)
     findings = list(replay.findings)
+    record = f"write what the network should end in, or let python3 ChatTestManager.py --record {case.name} write it"
+    if case.final_state is None:
+        return findings + [Finding("final_state", f"is missing: {record}", whole_case=True)]
     if not isinstance(case.final_state, dict):
         return findings + [Finding("final_state", "must be an object keyed by machine name, not"
                                    f" {type(case.final_state).__name__}", whole_case=True)]
@@ -143,6 +152,9 @@ def lint(case: Case) -> List[Finding]:
             if problem:
                 findings.append(Finding(f"final_state[{name!r}][{key_name!r}]", problem, machine=name, key=key_name,
                                         shapeless=not is_comparable(value)))
+    if not any(isinstance(expected, dict) and expected for expected in case.final_state.values()):
+        findings.append(Finding("final_state", f"checks nothing: it names no key of any machine; {record}",
+                                whole_case=True))
     return findings
 
 

@@ -66,13 +66,15 @@ def record(path: Path, observe: Callable[[Path], Tuple[Optional[State], str]], k
     """Record one case: (whether the file was written, what to tell the user). `observe` runs the case
     once and returns the state every machine ended in, or None and why not."""
     data = json.loads(Path(path).read_text(encoding="utf-8"))
+    old: Dict[str, Dict[str, Any]] = data.get("final_state") if isinstance(data.get("final_state"), dict) else {}
+    if keys_only and not any(isinstance(keys, dict) and keys for keys in old.values()):
+        return False, "not recorded: the file names no keys to record; without --record-keys-only, every key is"
     runs = []
     for _ in range(2):
         state, problem = observe(path)
         if state is None:
             return False, f"not recorded: {problem}"
         runs.append(state)
-    old: Dict[str, Dict[str, Any]] = data.get("final_state") if isinstance(data.get("final_state"), dict) else {}
     if keys_only:  # only these are written, so only these must agree
         runs = [{name: {key: state[name][key] for key in old[name] if key in state.get(name, {})}
                  for name in old if name in state} for state in runs]

@@ -133,6 +133,7 @@ class Settings:
     parser: Optional[ModuleType] = None  # what server_path imports as ChatMessageParser (in-process runs)
     ports: Optional[Tuple[int, int]] = None  # the ports the servers may use (low, high), shared among the workers
     chaos: Optional[int] = None  # a seed: connections to servers pass through relays that cut, glue and delay
+    recording: bool = False  # --record: the run observes the final state, so what the file expects is moot
     isolate: bool = False  # grading: each case in a sandboxed child process (Testers/isolation.py)
     sandbox: str = "auto"  # how much of the sandbox to apply (Testers.isolation.SANDBOX_MODES)
     limits: Limits = field(default_factory=Limits)  # what that child may use

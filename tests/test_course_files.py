@@ -101,7 +101,8 @@ def test_the_lint_names_each_mistake_and_the_grade_ignores_only_that_key(
 def test_the_lint_names_mistakes_in_the_commands(tmp_path: Path) -> None:
     nowhere = write_case(tmp_path, "nowhere", NETWORK[:2] + [
         "LAUNCHSERVER --id 2 --servername elm --port 5200 --connect_to_host theshire --connect_to_port 5999",
-        "LAUNCHCLIENT --id 11 --serverhost mordor --serverport 5300 --username ada", "KILL ALL"], {})
+        "LAUNCHCLIENT --id 11 --serverhost mordor --serverport 5300 --username ada", "KILL ALL"],
+        {"oak": {"hosts_db": []}})
     (first, second) = manager.lint(manager.load_case(nowhere))
     assert str(first) == ("command 3 'LAUNCHSERVER --id 2 --servername elm --port 5200 --connect_to_host theshire"
                           " --connect_to_port 5999': elm joins port 5999, where nobody listens at that point")
@@ -109,7 +110,8 @@ def test_the_lint_names_mistakes_in_the_commands(tmp_path: Path) -> None:
     assert not first.whole_case, "a join to nowhere is reported; what it proves wrong is not graded key by key"
 
     same_port = write_case(tmp_path, "same_port", ["LAUNCHSERVER --id 1 --servername oak --port 5100",
-                                              "LAUNCHSERVER --id 2 --servername elm --port 5100", "KILL ALL"], {})
+                                              "LAUNCHSERVER --id 2 --servername elm --port 5100", "KILL ALL"],
+                          {"oak": {"hosts_db": []}})
     (finding,) = manager.lint(manager.load_case(same_port))
     assert finding.whole_case and "port 5100 is taken: server oak listens there already" in str(finding)
     result = manager.run_case(same_port, manager.Settings(logs_dir=tmp_path / "Logs"))

@@ -297,11 +297,27 @@ def test_a_server_to_join_whose_name_does_not_resolve_is_tried_again_and_again(s
     log = tmp_path / "alone.log"
     alone = started(RunningServer(as_command=True, id=2, servername="alone", bind="127.0.0.1", alone_if_join_fails=True,
                                   connect_to_host="nosuch.invalid", connect_to_port=9, reconnect_first=0.05,
-                                  reconnect_max=0.1, log_file=str(log)))
+                                  reconnect_max=0.1, log_file=str(log), verbose=True))  # tries are debug lines
     wait_for(lambda: log.read_text().count("could not reach nosuch.invalid") >= 3, "three tries, each logged")
     assert "unexpected error" not in log.read_text() and alone.thread.is_alive(), log.read_text()
     peer = started(RawPeer.client(alone.port, 10, "still served"))
     peer.wait_for(lambda m: peer.of_type(StatusUpdateMessage), "a welcome from the server on its own")
+
+
+def test_failed_reconnects_are_logged_at_debug_level_only(started, tmp_path: Path) -> None:
+    """Issue 19: each failed try was an INFO line ("closing the link to an unregistered peer: could not
+    reach ..."), though tries are debug; without -v the log says the link was lost, and nothing per try."""
+    log = tmp_path / "b.log"
+    first = started(RunningServer(as_command=True, id=1, servername="a", bind="127.0.0.1"))
+    second = started(RunningServer(as_command=True, id=2, servername="b", bind="127.0.0.1", connect_to_host="127.0.0.1",
+                                   connect_to_port=first.port, reconnect_first=0.05, reconnect_max=0.1,
+                                   log_file=str(log)))
+    wait_for(lambda: 1 in second.hosts_db, "b to join a")
+    first.stop()
+    wait_for(lambda: second.reconnect_tries >= 4, "b to try a again four times")
+    text = log.read_text()
+    assert "server a (1)" in text and "could not reach" not in text and "unregistered peer" not in text, \
+        f"expected the lost link logged and no line per failed try; the log says:\n{text}"
 
 
 def cpu_seconds(pid: int) -> float:

@@ -82,6 +82,7 @@ def test_a_quiet_wait_does_not_end_while_chats_sent_back_to_back_are_on_their_wa
     texts = [f'"chat {number}"' for number in range(20)]
     case = write_case(tmp_path, "burst", [
         "LAUNCHSERVER --id 1 --servername oak --port 4100",
+        "WAIT 5",  # until oak listens: elm, started at once, could find no one there and run alone
         "LAUNCHSERVER --id 2 --servername elm --port 4101 --connect_to_host localhost --connect_to_port 4100",
         "WAIT 5",
         "LAUNCHCLIENT --id 11 --serverhost localhost --serverport 4100 --username ada",
@@ -406,6 +407,12 @@ def test_the_demo_starts_a_network_shows_chats_and_a_quit_and_exits_0() -> None:
                  "`-- gamma (3)"):
         assert seen in run.stdout, f"expected {seen!r} in the demo's output:\n{run.stdout}"
     assert run.stderr == "", run.stderr
+    # Issue 19: the servers' trace (raw bytes) reached the terminal, from their own threads, and a line of
+    # it could be glued to one of the demo's.
+    traced = [line for line in run.stdout.splitlines() if "Host ID #" in line or "\t" in line]
+    assert not traced, "expected no trace line in the demo; it printed:\n" + "\n".join(traced[:5])
+    glued = [line for line in run.stdout.splitlines() if " sees] " in line and not re.match(r"    \[\w+ sees\] ", line)]
+    assert not glued, "expected each event on a line of its own; these are glued:\n" + "\n".join(glued)
 
 
 # ---------------------------------------------------------------------------------------------

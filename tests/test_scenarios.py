@@ -150,7 +150,8 @@ def test_a_hung_case_fails_at_the_time_limit(tmp_path: Path) -> None:
     server = tmp_path / "hung" / "ChatServer.py"
     server.parent.mkdir()
     server.write_text(HANGING_SERVER)
-    case = write_case(tmp_path, "hangs", ["LAUNCHSERVER --id 1 --servername stuck --port 4200", "WAIT 0.1", "KILL ALL"], {})
+    case = write_case(tmp_path, "hangs", ["LAUNCHSERVER --id 1 --servername stuck --port 4200", "WAIT 0.1", "KILL ALL"],
+                      {"stuck": {"hosts_db": []}})
     result = manager.run_case(case, manager.Settings(server_path=server, timeout=0.5, logs_dir=tmp_path / "Logs"))
     assert not result.passed
     assert "time limit" in result.explanation and "'KILL ALL'" in result.explanation, result.explanation
@@ -327,7 +328,7 @@ def test_a_case_that_cannot_run_still_writes_its_log_in_place_of_an_old_one(
         settings.server_path = tmp_path / "sub" / "ChatServer.py"
         settings.server_path.parent.mkdir()
         settings.server_path.write_text(server)
-    result = manager.run_case(write_case(tmp_path, "broken", commands, {}), settings)
+    result = manager.run_case(write_case(tmp_path, "broken", commands, {"hub": {"hosts_db": []}}), settings)
     log = (logs / "broken.log").read_text()
     assert "earlier run" not in log and said in log and f"result   {result.status}" in log, log
     assert not (logs / "broken").exists(), "an earlier run's machine logs would mislead"

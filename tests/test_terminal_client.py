@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Callable, Iterator, List
+from typing import Callable, Iterator, List, Sequence
 
 import pexpect
 import pexpect.popen_spawn
@@ -111,10 +111,12 @@ class Terminal:
     pseudo-terminal of `columns` columns, `display` shows what the user would see.
     """
 
-    def __init__(self, mode: str, port: int, name: str, user_id: int, columns: int = 80) -> None:
+    def __init__(self, mode: str, port: int, name: str, user_id: int, columns: int = 80,
+                 program: Sequence[str] = (CLIENT,)) -> None:
+        """`program`: what Python runs, ChatClient.py or `-c CODE` that runs its main()."""
         self.name = name
         self.mode = mode
-        arguments = [CLIENT, "-S", "127.0.0.1", "-P", str(port), "-U", name, "--id", str(user_id)]
+        arguments = [*program, "-S", "127.0.0.1", "-P", str(port), "-U", name, "--id", str(user_id)]
         if mode == "pty":
             self.child = pexpect.spawn(sys.executable, arguments, cwd=str(ROOT), encoding="utf-8",
                                        dimensions=(24, columns))
@@ -361,8 +363,10 @@ def test_a_message_longer_than_a_frame_arrives_whole_and_in_order(open_terminal:
     alice.wait_for("* bob is online (id 12)")
     text = "".join(f"{n:05d}é" for n in range(12_000))[:70_000]  # 70,000 characters, some of them 2 bytes
     alice.type(f"/msg bob {text}")
-    alice.wait_for("(sent in 2 parts)")
+    alice.wait_for("sent in 2 parts)")
     bob.wait_for(f"alice: {text}   (2 parts)")
+    # Issue 19: in a terminal the typed line shows the text already; the echo shows only its start.
+    assert alice.transcript.count(text[:20_000]) == 1, "expected the long text shown once on alice's screen"
 
 
 @pytest.mark.timeout(60)
@@ -400,6 +404,10 @@ def test_control_characters_from_others_are_shown_escaped(open_terminal: Callabl
     mallory.send(ClientChatMessage.bytes(66, 11, "\x1b[2J\x07cleared?\r\nnew line\x00\x9b"))
     alice.wait_for("mal\\x1b[31mlory: \\x1b[2J\\x07cleared?\\r\\nnew line\\x00\\x9b")
     assert "\x1b[2J" not in alice.transcript and "\x07" not in alice.transcript
+    # Issue 19: a right-to-left override shows "photo\u202egnp.exe" as "photoexe.png", and isolates hide too.
+    mallory.send(ClientChatMessage.bytes(66, 11, "photo\u202egnp.exe \u2066x\u2069 \u200f"))
+    alice.wait_for("lory: photo\\u202egnp.exe \\u2066x\\u2069 \\u200f")
+    assert not set("\u202e\u2066\u2069\u200f") & set(alice.transcript), "a bidirectional control reached the terminal"
 
 
 def test_typing_survives_an_incoming_message_and_history_recalls_a_line(server: CRCServer) -> None:
@@ -472,7 +480,8 @@ def test_reply_answers_the_last_writer_and_who_lists_yourself(open_terminal: Cal
     alice.type("/r and again")
     bob.wait_for("alice: and again")
     alice.type("/msg alice a note to myself")
-    alice.wait_for("alice: a note to myself")
+    alice.wait_for("alice: a note to myself", count=2)  # the echo, and the note as it arrives: under her name
+    assert "id 11: a note" not in alice.transcript, alice.transcript
     bob.type("/who")
     bob.wait_for("Online (2, you included):\n  alice (id 11)\n  bob (id 12)   <- you\n")
 
@@ -516,3 +525,62 @@ def test_a_server_that_never_welcomes_is_reported() -> None:
             assert "is it a CRC server? Still waiting." in terminal.transcript
         finally:
             terminal.close()
+
+
+# ---------------------------------------------------------------------------------- issue 19: the terminal
+
+
+def test_a_plain_line_before_any_msg_answers_whoever_wrote_last(open_terminal: Callable[..., Terminal]) -> None:
+    alice = open_terminal("alice", 11)
+    bob = open_terminal("bob", 12)
+    alice.wait_for("* bob is online (id 12)")
+    bob.type("/msg alice are you there?")
+    alice.wait_for("bob: are you there?")
+    alice.type("yes, here")  # no /msg yet: the one who wrote is the one to answer
+    alice.wait_for("-> bob: yes, here")
+    bob.wait_for("alice: yes, here")
+    assert "No one to send to yet" not in alice.transcript, alice.transcript
+
+
+def test_a_client_back_within_the_hold_down_is_shown_back_not_online_twice(open_terminal: Callable[..., Terminal],
+                                                                          server: CRCServer) -> None:
+    alice = open_terminal("alice", 11)
+    ghost = RawPeer.client(server.port, 30, "ghost")
+    alice.wait_for("* ghost is online (id 30)")
+    ghost.close()  # a crash: the server holds ghost for its hold-down, announcing nothing yet
+    wait_until(lambda: not [link for link in list(server.links) if getattr(link.record, "id", None) == 30],
+               lambda: "expected the server to see ghost's link close")
+    again = RawPeer.client(server.port, 30, "ghost")
+    try:
+        alice.wait_for("* ghost is back (id 30)")
+        assert alice.transcript.count("* ghost is online") == 1 and "ghost left" not in alice.transcript, \
+            alice.transcript
+    finally:
+        again.close()
+
+
+SLOW_ECHO = """
+import sys, time
+sys.path.insert(0, sys.argv.pop(1))
+import ChatClient
+send_chat = ChatClient.CRCClient.send_chat
+def send_then_linger(self, destination, text):  # the server's answer arrives before the echo is printed
+    parts = send_chat(self, destination, text)
+    time.sleep(0.5)
+    return parts
+ChatClient.CRCClient.send_chat = send_then_linger
+sys.exit(ChatClient.main())
+"""
+
+
+def test_the_servers_answer_to_a_chat_comes_after_its_echo(server: CRCServer) -> None:
+    alice = Terminal("pty", server.port, "alice", 11, program=["-c", SLOW_ECHO, str(ROOT)])
+    try:
+        alice.wait_for("[server] Welcome")
+        alice.type("/msg 424242 anyone?")
+        alice.wait_for("[server] Unknown ID 424242")
+        alice.wait_for("-> id 424242: anyone?")
+        assert alice.transcript.index("-> id 424242: anyone?") < alice.transcript.index("[server] Unknown ID 424242"), \
+            f"expected the echo before the answer to it; the screen shows:\n{alice.transcript}"
+    finally:
+        alice.close()
