@@ -69,9 +69,11 @@ import ChatMessageParser  # noqa: E402,F401
 from Testers import ports, tester_class  # noqa: E402
 from Testers.cases import Case, declared_weight, load_case, select_cases  # noqa: E402
 from Testers.chaos import ChaosRelay  # noqa: E402
+from Testers.chart import write_chart  # noqa: E402
 from Testers.checker import check_final_state  # noqa: E402
 from Testers.commands import CaseError, parse_command, split_arguments  # noqa: E402,F401
 from Testers.drawing import MachineView, draw_network  # noqa: E402
+from Testers.explain import closest, compare, explain  # noqa: E402
 from Testers.keys import CONNECTIVITY, keys_for  # noqa: E402
 from Testers.lint import lint  # noqa: E402
 from Testers.mutants import MUTANTS, write_mutants  # noqa: E402
@@ -80,6 +82,7 @@ from Testers.quiet import WaitRecord, can_report_quiet, wait_until_quiet  # noqa
 from Testers.record import record  # noqa: E402
 from Testers.reports import write_gradescope, write_junit  # noqa: E402
 from Testers.trace import TraceCapture, capture_stdout  # noqa: E402
+from Testers.transcript import Transcript, Wiretap, record_transcript, reference_for, wire_transcript  # noqa: E402
 
 DEFAULT_CASES_DIR = KIT_DIR / "TestCases"
 DEFAULT_LOGS_DIR = KIT_DIR / "Logs"
@@ -87,6 +90,7 @@ DEFAULT_SERVER = KIT_DIR / "ChatServer.py"
 DEFAULT_TIMEOUT = 30.0  # seconds beyond a case's own WAITs
 DRAWING_WIDTH = 94  # a 100-column terminal, less the indent of a failure's lines
 PASSED, FAILED, CASE_ERROR = "PASS", "FAIL", "CASE ERROR"
+TRANSCRIPT_RUNS = 8  # --record runs each case this many times for its transcript, to see the outcomes of races
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,6 +176,7 @@ class Settings:
     parser: Optional[ModuleType] = None  # what server_path imports as ChatMessageParser (in-process runs)
     ports: Optional[Tuple[int, int]] = None  # the ports the servers may use (low, high), shared among the workers
     chaos: Optional[int] = None  # a seed: connections to servers pass through relays that cut, glue and delay
+    reference_logs: Optional[Path] = None  # the course's reference logs (NAME.log), for cases without a transcript
 
 
 @dataclass
@@ -191,6 +196,8 @@ class CaseResult:
     observed: Optional[Dict[str, Dict[str, Any]]] = None  # each machine's keys at the end, if the run completed
     graded_errors: List[str] = field(default_factory=list)  # with --as-course, case errors whose key was graded
     logged: List[str] = field(default_factory=list)  # with --as-course, errors servers logged: shown, not failed
+    wire: List[str] = field(default_factory=list)  # on a failure: the first divergence on the wire, in words
+    transcript: Optional[Transcript] = None  # what crossed each link, from the wire (Testers/transcript.py)
 
     @property
     def case_error_lines(self) -> List[str]:
@@ -214,6 +221,7 @@ class CaseResult:
     @property
     def explanation(self) -> str:
         lines = list(self.problems) or (["passed"] if self.passed else [])
+        lines += self.wire
         lines += self.case_error_lines
         lines += [f"not failed, as the course does not: {error}" for error in self.logged]
         if self.unchecked:
@@ -258,6 +266,7 @@ class CaseRun:
         self.relays: Dict[int, ChaosRelay] = {}
         self.chaos = settings.chaos if case.type != CONNECTIVITY else None
         self.step = "before the first command"
+        self.tap: Optional[Wiretap] = None  # told each command as it begins, to date what the wire carries
         self.aborted = threading.Event()
         self.started = time.monotonic()
 
@@ -286,6 +295,8 @@ class CaseRun:
                 self.step = f"command {number} {line!r}"
                 self.note(self.step)
                 self.trace.add(f"*CMD {line}")  # among the servers' trace, as the course's harness logs it
+                if self.tap is not None:
+                    self.tap.after = number - 1
                 command.carry_out(self)
             verdict = check_final_state(self.case.final_state, self.machines, self.case.type, self.not_graded,
                                         self.settings.as_course)
@@ -542,8 +553,9 @@ def run_case(path: Path, settings: Optional[Settings] = None) -> CaseResult:
     shutil.rmtree(log_dir, ignore_errors=True)  # logs of an earlier run would mislead
     log_dir.mkdir(parents=True, exist_ok=True)
     limit = settings.timeout + settings.slow * case.total_wait
-    with _ThreadErrors() as thread_errors, capture_stdout() as trace:
+    with _ThreadErrors() as thread_errors, capture_stdout() as trace, Wiretap() as tap:
         run = CaseRun(case, settings, server_class, log_dir, trace, not_graded)
+        run.tap = tap
         worker = threading.Thread(target=run.execute, name=f"case {case.name}", daemon=True)
         worker.start()
         worker.join(limit)
@@ -567,8 +579,28 @@ def run_case(path: Path, settings: Optional[Settings] = None) -> CaseResult:
                         state if completed else None,
                         [str(finding) for finding in findings if (finding.machine, finding.key) in graded],
                         run.logged if settings.as_course else [])
+    _on_the_wire(result, case, settings, run, tap)
     _write_log(log_file, case, settings, run, result, trace, state)
     return result
+
+
+def _on_the_wire(result: CaseResult, case: Case, settings: Settings, run: CaseRun, tap: Wiretap) -> None:
+    """The run's transcript from the wire; on a failure, the first divergence from the reference's run in
+    words, and the chart of both (Logs/NAME.html), named among the logs."""
+    result.transcript = wire_transcript(tap, case, dict(run.ports.ports))
+    if result.passed:
+        return
+    try:
+        reference = reference_for(case, settings.reference_logs)
+    except (OSError, ValueError) as error:
+        result.wire = [f"on the wire: the reference cannot be read: {error}"]
+        return
+    reference = closest(reference, result.transcript) if reference is not None else None
+    result.wire = explain(reference, result.transcript)
+    chart = Path(settings.logs_dir).resolve() / f"{case.name}.html"
+    divergences = compare(reference, result.transcript) if reference is not None else []
+    write_chart(chart, case.name, result.transcript, reference, divergences, result.wire, result.drawing)
+    result.logs.append(chart)
 
 
 def _not_run(result: CaseResult, path: Path, settings: Settings) -> CaseResult:
@@ -651,15 +683,31 @@ def print_table(results: List[CaseResult]) -> None:
     print(summary, flush=True)
 
 
-def record_cases(paths: List[Path], settings: Settings, keys_only: bool) -> int:
-    """--record: write what our server's network really ends in into each case file; 1 if any is refused."""
+def record_cases(paths: List[Path], settings: Settings, keys_only: bool, states: bool = True,
+                 transcripts: bool = True) -> int:
+    """--record: write what our server's network really ends in into each case file, and what crossed
+    each link into the transcript beside it (--record-transcripts: only that); 1 if any is refused."""
+    runs: List[Transcript] = []  # each run's transcript, for the outcomes a case's links can have
+
     def observe(path: Path) -> Tuple[Optional[Dict[str, Dict[str, Any]]], str]:
         result = run_case(path, settings)
+        if result.transcript is not None and result.observed is not None:
+            runs.append(result.transcript)
         return result.observed, result.explanation
 
     refused = 0
     for path in paths:
-        written, what = record(path, observe, keys_only)
+        runs.clear()
+        if states:
+            written, what = record(path, observe, keys_only)
+        else:
+            complete = [observe(path)[0] is not None for _ in range(2)]
+            written, what = all(complete), "not recorded: a run did not complete (see its log)"
+        if transcripts and written:
+            while len(runs) < TRANSCRIPT_RUNS:  # more runs than the state needs: a rarer outcome shows too
+                observe(path)
+            written, said = record_transcript(path, runs)
+            what = f"{what}; {said}" if states else said
         refused += not written
         print(f"{'ok     ' if written else 'REFUSED'}  {path.stem}: {what}", flush=True)
     return 1 if refused else 0
@@ -739,6 +787,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--record", action="store_true",
                         help="run the cases named (twice each, with our server) and write the final state they"
                              " end in into each file")
+    parser.add_argument("--record-transcripts", action="store_true",
+                        help="run the cases named (twice each, with our server) and write only what crossed each"
+                             " link into NAME.transcript.json beside each case")
+    parser.add_argument("--reference-logs", type=Path, metavar="DIR",
+                        help="the course's reference logs (NAME.log, as in its 'Correct Logs' folder): what a"
+                             " failed case is compared with where it has no transcript beside it")
     parser.add_argument("--record-keys-only", action="store_true",
                         help="with --record, only the keys each file already names")
     parser.add_argument("--mutants", action="store_true",
@@ -899,13 +953,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     if args.lint:
         return lint_cases(paths)
-    if args.record:
+    if args.record or args.record_transcripts:
         if not args.names:
             print("error: --record needs the cases to record, by name or file", file=sys.stderr)
             return 2
         ports.block = port_block(0, 1, args.ports)
         return record_cases(paths, Settings(logs_dir=args.logs, slow=args.slow, timeout=args.timeout),
-                            args.record_keys_only)
+                            args.record_keys_only, states=args.record)
     try:
         load_server_module(args.server)
     except Exception as error:  # whatever a submission raises on import: one line, not a traceback of ours
@@ -917,7 +971,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             write_gradescope(args.gradescope, failed, 0.0, problem)
         return 2
     settings = Settings(args.server, args.slow, args.timeout, args.keep_ports, args.logs, args.strict_waits,
-                        args.as_course, ports=args.ports, chaos=args.chaos)
+                        args.as_course, ports=args.ports, chaos=args.chaos, reference_logs=args.reference_logs)
     jobs = 1 if args.keep_ports else args.jobs  # cases as written share their ports
     if args.mutants:
         return run_mutants(paths, settings, jobs, args.require_kill)
@@ -931,6 +985,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     print_table(results)
     if args.chaos is not None:
         compare_without_chaos(results, paths, replace(settings, chaos=None), jobs)
+    charts = [str(path) for result in results for path in result.logs if path.suffix == ".html"]
+    if charts:  # the run's last line: where to look first
+        print(f"Charts of the failed case(s), this run beside the reference: {', '.join(charts)}")
     if args.gradescope:
         write_gradescope(args.gradescope, results, seconds)
     if args.junit:
