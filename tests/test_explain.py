@@ -236,3 +236,83 @@ def test_every_case_ships_with_its_transcript() -> None:
         assert transcript["commands"] == json.loads(path.read_text())["commands"], \
             f"{transcript_path(path).name} was recorded for other commands than {path.name}'s: record it again"
         assert transcript["messages"], f"{transcript_path(path).name} holds no message"
+
+
+def test_the_explanation_reaches_the_console_the_results_and_the_course_interface(
+        cases: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    broken = next(broken for broken in BROKEN if broken.mutant.name == "chat-back-to-sender")
+    server = broken_server(tmp_path, broken.mutant)
+    results = tmp_path / "results.json"
+    status = manager.main(["--cases", str(cases), "--server", str(server), "--logs", str(tmp_path / "Logs"),
+                           "--gradescope", str(results), "-j", "1", "chats_apart"])
+    printed = capsys.readouterr().out
+    assert status == 1, printed
+    said = first_divergence(printed.replace("\n      ", "\n"))
+    assert_says(said, broken.expected)
+    chart = (tmp_path / "Logs" / "chats_apart.html").resolve()
+    assert printed.splitlines()[-1] == f"Charts of the failed case(s), this run beside the reference: {chart}", printed
+    (test,) = json.loads(results.read_text())["tests"]
+    assert said in test["output"] and str(chart) in test["output"], test["output"]
+
+    from CRCTestManager import CRCTestManager
+    course = CRCTestManager(CRCServerImpl=manager.load_server_module(server).CRCServer, catch_exceptions=True)
+    course.cases_dir, course.logs_dir = cases, tmp_path / "course"
+    score, (outcome,) = course.run_tests({"chats_apart": 3})
+    assert score == 0 and not outcome["passed"]
+    assert_says(first_divergence(outcome["errors"]), broken.expected)
+
+
+def test_the_wiretap_records_what_each_send_gave_the_kernel_and_changes_nothing(tmp_path: Path) -> None:
+    import socket
+
+    from Testers.transcript import Wiretap
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    sender = socket.create_connection(listener.getsockname())
+    receiver, _ = listener.accept()
+    port, sender_end = listener.getsockname()[1], sender.getsockname()
+    with Wiretap() as tap:
+        tap.after = 3
+        assert sender.send(b"abc") == 3
+        sender.sendall(bytearray(b"defg"))
+        assert sender.sendmsg([b"h", memoryview(b"ij")]) == 3
+    sender.send(b"not seen")  # after the tap: not recorded, and send is the socket's own again
+    assert "send" not in socket.socket.__dict__ and "sendall" not in socket.socket.__dict__
+    sender.close()
+    received = b""
+    while chunk := receiver.recv(100):
+        received += chunk
+    for sock in (receiver, listener):
+        sock.close()
+    assert received == b"abcdefghijnot seen", f"the bytes changed on their way: {received!r}"
+    assert [(after, data) for _, after, _, _, data in sorted(tap.records)] == [(3, b"abc"), (3, b"defg"), (3, b"hij")]
+    ends = {ends for _, _, ends, _, _ in tap.records}
+    assert ends == {(sender_end, ("127.0.0.1", port))}, f"expected the connection to port {port}, saw {ends}"
+
+
+def transcript(*messages: Tuple[str, str, bytes]) -> Dict[str, Any]:
+    from Testers.transcript import cut_messages
+
+    return {"case": "made", "source": "made by hand", "commands": ["LAUNCHCLIENT --username ada"],
+            "machines": [{"name": "oak", "kind": "server", "id": 1}, {"name": "elm", "kind": "server", "id": 2},
+                         {"name": "ada", "kind": "client", "id": 11}, {"name": "bob", "kind": "client", "id": 12}],
+            "covers": None, "own_registrations": True,
+            "messages": [{"from": sender, "to": receiver, "after": 0, **cut_messages(data)[0][0][1]}
+                         for sender, receiver, data in messages]}
+
+
+def test_the_reference_echoing_a_quit_and_independent_orders_are_no_divergence() -> None:
+    from ChatMessageParser import ClientQuitMessage, ClientRegistrationMessage
+
+    quit = ClientQuitMessage.bytes(11, "bye")
+    ada, bob = ClientRegistrationMessage.bytes(11, 1, "ada", ""), ClientRegistrationMessage.bytes(12, 1, "bob", "")
+    # The instructor's server sends a quit back over the link it came in on; ours does not.
+    reference = transcript(("ada", "oak", quit), ("oak", "elm", quit), ("elm", "oak", quit), ("oak", "ada", quit))
+    assert compare(reference, transcript(("ada", "oak", quit), ("oak", "elm", quit))) == []
+    # Two links served in either order, and a newcomer told of the hosts in another order.
+    reference = transcript(("oak", "elm", ada), ("oak", "bob", ada), ("oak", "elm", bob))
+    run = transcript(("oak", "bob", ada), ("oak", "elm", bob), ("oak", "elm", ada))
+    assert compare(reference, run) == []
+    # But a quit that never went on is one.
+    (missing,) = compare(transcript(("ada", "oak", quit), ("oak", "elm", quit)), transcript(("ada", "oak", quit)))
+    assert (missing.kind, missing.reference and missing.reference["to"]) == ("missing", "elm")
