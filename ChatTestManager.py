@@ -26,7 +26,14 @@ one per core), each worker with its own block of ports; -j 1 runs them one by on
 Options: --cases DIR (another folder of .cfg files), --slow F (multiply every WAIT by F on a slow
 machine), --timeout S (a test fails once it runs S seconds beyond its own WAITs), --keep-ports (use
 the ports as written instead of free ones; implies -j 1), --logs DIR (where logs go; default Logs/
-beside this file), --gradescope FILE and --junit FILE (results for Gradescope and for CI).
+beside this file), --gradescope FILE and --junit FILE (results for Gradescope and for CI), --record and
+--record-transcripts (write what our server does into the cases named), --reference-logs DIR.
+
+A failed case is explained on the wire: what crossed each link in this run (captured from the sockets,
+whatever the servers print) is compared with the reference's run, TestCases/NAME.transcript.json (written
+by --record with our server) or else the course's reference log NAME.log in --reference-logs DIR (by
+default a 'Correct Logs' folder beside the cases), and the first message that went otherwise is named in
+words; Logs/NAME.html charts both runs side by side (Testers/transcript.py, explain.py, chart.py).
 
 Each case's log (Logs/CASE.log) holds its commands, each as a `*CMD` line among the servers' trace, the
 lint's findings, the waits, the result and the state every machine ended in; Logs/CASE/ holds each
@@ -970,8 +977,14 @@ def main(argv: Optional[List[str]] = None) -> int:
                       for path in paths]
             write_gradescope(args.gradescope, failed, 0.0, problem)
         return 2
+    if args.reference_logs is not None and not args.reference_logs.is_dir():
+        print(f"error: --reference-logs {args.reference_logs}: no such folder", file=sys.stderr)
+        return 2
+    # The course's kit keeps its reference logs in 'Correct Logs' beside its TestCases folder.
+    beside = args.cases.resolve().parent / "Correct Logs"
+    reference_logs = args.reference_logs or (beside if beside.is_dir() else None)
     settings = Settings(args.server, args.slow, args.timeout, args.keep_ports, args.logs, args.strict_waits,
-                        args.as_course, ports=args.ports, chaos=args.chaos, reference_logs=args.reference_logs)
+                        args.as_course, ports=args.ports, chaos=args.chaos, reference_logs=reference_logs)
     jobs = 1 if args.keep_ports else args.jobs  # cases as written share their ports
     if args.mutants:
         return run_mutants(paths, settings, jobs, args.require_kill)

@@ -178,8 +178,8 @@ class Words:
         if kind == "status":
             code = fields.get("status_code")
             destination = fields.get("destination_id")
-            return (f"the status {fields.get('content')!r} (code {code}, {STATUS_NAMES.get(code, 'unknown')}) from"
-                    f" {source} to {self.host(destination) if destination else 'destination 0'}")
+            return (f"the status {fields.get('content')!r} (code {code}, {STATUS_NAMES.get(code, 'unknown')};"
+                    f" source {source}, destination {self.host(destination) if destination else 0})")
         if kind == "client chat":
             return f"the chat {fields.get('content')!r} from {source} to {self.host(fields.get('destination_id'))}"
         if kind == "client quit":

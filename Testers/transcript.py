@@ -374,8 +374,16 @@ def log_transcript(path: Path, case: Case) -> Transcript:
             messages.append({"from": sender, "to": receiver, "after": cause(case, after), **message})
         if rest:
             messages.append({"from": sender, "to": receiver, "after": cause(case, after), **leftover(rest)})
-    return {"case": case.name, "source": f"the reference log {path}", "commands": list(case.lines),
+    return {"case": case.name, "source": f"the reference log {shown(path)}", "commands": list(case.lines),
             "machines": machines, "covers": covers, "own_registrations": False, "messages": messages}
+
+
+def shown(path: Path) -> str:
+    """A path as a user would type it: from the current folder when it is below it."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def reference_for(case: Case, reference_logs: Optional[Path]) -> Optional[Transcript]:
@@ -384,7 +392,7 @@ def reference_for(case: Case, reference_logs: Optional[Path]) -> Optional[Transc
     recorded = transcript_path(case.path)
     if recorded.is_file():
         transcript = read_transcript(recorded)
-        transcript["source"] = f"the reference transcript {recorded}"
+        transcript["source"] = f"the reference transcript {shown(recorded)}"
         return transcript
     if reference_logs is not None and (Path(reference_logs) / f"{case.name}.log").is_file():
         return log_transcript(Path(reference_logs) / f"{case.name}.log", case)

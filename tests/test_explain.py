@@ -16,7 +16,7 @@ import pytest
 import ChatTestManager as manager
 from Testers.explain import compare
 from Testers.mutants import Mutant
-from Testers.transcript import read_transcript, transcript_path
+from Testers.transcript import read_transcript, shown, transcript_path
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES = ROOT / "TestCases"
@@ -78,8 +78,8 @@ BROKEN = [
                   'f"A machine has already registered with ID {server_id}"',
                   'f"Someone has already registered with ID {server_id}"'),
            "5_2_status_duplicate_server_id",
-           ["yew sent the status 'A machine has already registered with ID 201' (code 2, duplicate id) from yew (203)"
-            " to destination 0 to rogue (201) with content 'Someone has already registered with ID 201' where the"
+           ["yew sent the status 'A machine has already registered with ID 201' (code 2, duplicate id; source"
+            " yew (203), destination 0) to rogue (201) with content 'Someone has already registered with ID 201' where the"
             " reference had 'A machine has already registered with ID 201'", "right after `LAUNCHSERVER rogue`"]),
 ]
 
@@ -218,7 +218,7 @@ def test_a_course_reference_log_alone_explains_a_broken_server(cases: Path, tmp_
                                 reference_logs=reference_logs)
     result = manager.run_case(alone / f"{name}.cfg", settings)
     assert result.status == manager.FAILED
-    assert f"against the reference log {reference_logs / name}.log" in result.explanation, result.explanation
+    assert f"against the reference log {shown(reference_logs / name)}.log" in result.explanation, result.explanation
     assert_says(first_divergence(result.explanation), broken.expected)
 
     # Our server, against the same log: nothing (the joining servers' own registrations are not in it).
