@@ -586,16 +586,22 @@ def run_case(path: Path, settings: Optional[Settings] = None) -> CaseResult:
                         state if completed else None,
                         [str(finding) for finding in findings if (finding.machine, finding.key) in graded],
                         run.logged if settings.as_course else [])
-    _on_the_wire(result, case, settings, run, tap)
+    try:
+        result.transcript = wire_transcript(tap, case, dict(run.ports.ports))  # plain data: it may travel as JSON
+        _explain_on_the_wire(result, case, settings)
+    except Exception:  # an explanation that fails must not cost the case its result
+        result.wire = [f"on the wire: no explanation, the comparison failed:\n{traceback.format_exc().rstrip()}"]
     _write_log(log_file, case, settings, run, result, trace, state)
     return result
 
 
-def _on_the_wire(result: CaseResult, case: Case, settings: Settings, run: CaseRun, tap: Wiretap) -> None:
-    """The run's transcript from the wire; on a failure, the first divergence from the reference's run in
-    words, and the chart of both (Logs/NAME.html), named among the logs."""
-    result.transcript = wire_transcript(tap, case, dict(run.ports.ports))
-    if result.passed:
+def _explain_on_the_wire(result: CaseResult, case: Case, settings: Settings) -> None:
+    """For a failed case: the first divergence of its transcript from the reference's run, in words, and
+    the chart of both (Logs/NAME.html), named among the logs. It needs only the result and the case's
+    files, not the run, so it can be done wherever the transcript was sent."""
+    chart = Path(settings.logs_dir).resolve() / f"{case.name}.html"
+    chart.unlink(missing_ok=True)  # an earlier run's chart would mislead
+    if result.passed or result.transcript is None:
         return
     try:
         reference = reference_for(case, settings.reference_logs)
@@ -604,7 +610,6 @@ def _on_the_wire(result: CaseResult, case: Case, settings: Settings, run: CaseRu
         return
     reference = closest(reference, result.transcript) if reference is not None else None
     result.wire = explain(reference, result.transcript)
-    chart = Path(settings.logs_dir).resolve() / f"{case.name}.html"
     divergences = compare(reference, result.transcript) if reference is not None else []
     write_chart(chart, case.name, result.transcript, reference, divergences, result.wire, result.drawing)
     result.logs.append(chart)
