@@ -97,7 +97,7 @@ DEFAULT_SERVER = KIT_DIR / "ChatServer.py"
 DEFAULT_TIMEOUT = 30.0  # seconds beyond a case's own WAITs
 DRAWING_WIDTH = 94  # a 100-column terminal, less the indent of a failure's lines
 PASSED, FAILED, CASE_ERROR = "PASS", "FAIL", "CASE ERROR"
-TRANSCRIPT_RUNS = 8  # --record runs each case this many times for its transcript, to see the outcomes of races
+TRANSCRIPT_RUNS = 16  # --record runs each case this many times for its transcript, to see the outcomes of races
 
 
 # ---------------------------------------------------------------------------------------------

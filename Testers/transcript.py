@@ -13,7 +13,8 @@ A transcript is a dict:
      "alternatives": [[messages], ...] (optional: other outcomes of a case whose messages race)}
 
 `after` is the index of the command the message followed: the last begun before it was sent, or the one
-before a WAIT, which does nothing itself (-1: before any). A message sent as a server reacts to a launch
+before a WAIT, which does nothing itself, or for a chat or quit its own client's command among several in
+a row (-1: before any). A message sent as a server reacts to a launch
 follows that launch, whether the manager had already begun the WAIT after it or not.
 
 Three sources:
@@ -39,7 +40,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from Testers.cases import Case
-from Testers.commands import Launch, Wait
+from Testers.commands import ClientCommand, Launch, Wait
 
 Transcript = Dict[str, Any]
 Message = Dict[str, Any]
@@ -181,11 +182,20 @@ def _tapped(method: str, original: Callable[..., Any]) -> Callable[..., Any]:
     return send
 
 
-def cause(case: Case, after: int) -> int:
-    """The command a message sent while `after` was under way followed: WAITs do nothing themselves."""
+def cause(case: Case, after: int, message: Dict[str, Any]) -> int:
+    """The command a message sent while `after` was under way followed: WAITs do nothing themselves, and
+    a chat or quit follows its own client's command, where several clients' commands came in a row."""
     after = min(after, len(case.commands) - 1)  # a log may mark more commands than the case has
     while after >= 0 and isinstance(case.commands[after], Wait):
         after -= 1
+    if message["type"] in ("client chat", "client quit"):
+        ids = {launch.name: launch.options.id for launch in case.launches}
+        for index in range(after, -1, -1):
+            command = case.commands[index]
+            if not isinstance(command, (ClientCommand, Wait)):
+                break
+            if isinstance(command, ClientCommand) and ids.get(command.username) == message["fields"]["source_id"]:
+                return index
     return after
 
 
@@ -252,10 +262,10 @@ def wire_transcript(tap: Wiretap, case: Case, ports: Dict[int, int]) -> Transcri
             while ends[position][0] < end:
                 position += 1
             messages.append((ends[position][1], {"from": sender, "to": receiver,
-                                                 "after": cause(case, ends[position][2]), **message}))
+                                                 "after": cause(case, ends[position][2], message), **message}))
         if rest:
-            messages.append((ends[-1][1], {"from": sender, "to": receiver, "after": cause(case, ends[-1][2]),
-                                           **leftover(rest)}))
+            messages.append((ends[-1][1], {"from": sender, "to": receiver,
+                                           "after": cause(case, ends[-1][2], leftover(rest)), **leftover(rest)}))
     messages.sort(key=lambda item: item[0])  # a stable sort: a chunk's messages stay in order
     return {"case": case.name, "source": "the wire of this run", "commands": list(case.lines),
             "machines": machines_of(case), "covers": None, "own_registrations": True,
@@ -371,9 +381,10 @@ def log_transcript(path: Path, case: Case) -> Transcript:
             continue
         decoded, rest = cut_messages(frame)
         for _, message in decoded:
-            messages.append({"from": sender, "to": receiver, "after": cause(case, after), **message})
+            messages.append({"from": sender, "to": receiver, "after": cause(case, after, message), **message})
         if rest:
-            messages.append({"from": sender, "to": receiver, "after": cause(case, after), **leftover(rest)})
+            messages.append({"from": sender, "to": receiver, "after": cause(case, after, leftover(rest)),
+                             **leftover(rest)})
     return {"case": case.name, "source": f"the reference log {shown(path)}", "commands": list(case.lines),
             "machines": machines, "covers": covers, "own_registrations": False, "messages": messages}
 
