@@ -154,7 +154,11 @@ def test_our_server_diverges_nowhere_from_the_transcripts_it_recorded(tmp_path: 
     assert run_clean(ROOT / "ChatServer.py", tmp_path) == {}
 
 
-REORDERED = [  # each loop over independent links runs backwards; a client is announced to clients first
+REORDERED = [  # each loop over independent links runs backwards; a client is announced to clients first, and
+    # a newcomer is told about the hosts we know, and a new client about the other clients, last first
+    ("            for host in list(self.hosts_db.values()):  # our whole view",
+     "            for host in list(self.hosts_db.values())[::-1]:  # our whole view"),
+    ("            for other in others:\n", "            for other in others[::-1]:\n"),
     ("        for server_id in self.adjacent_server_ids:",
      "        for server_id in reversed(self.adjacent_server_ids):"),
     ("        for client_id in self.adjacent_user_ids:", "        for client_id in reversed(self.adjacent_user_ids):"),
