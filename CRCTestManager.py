@@ -11,8 +11,9 @@ autograder scripts call, on our manager underneath (quiet waits, the lint, the l
 `run_tests` runs each case `TestCases/NAME.cfg` beside this file, one after another in this process,
 in the sorted order of their names, writes `Logs/NAME.log` for each, and returns the sum of the points
 of the cases that passed (an int when the points are ints) and a dict per case, in that order: `test`
-(its name), `passed`, `errors` (the explanation, or None) and `exception` (with catch_exceptions, the
-first exception a server or client raised, or None). Without catch_exceptions such
+(its name), `passed`, `errors` (the explanation, with the first message that went otherwise on the wire
+than in the reference's run, or None) and `exception` (with catch_exceptions, the first exception a
+server or client raised, or None). Without catch_exceptions such
 an exception propagates out of run_tests, as in the course's manager. A key the lint proves wrong is
 not graded (the explanation names it); a case that cannot run at all fails with the reason. Each case
 loads the ChatServer.py beside this file as it runs: when it cannot be loaded (a syntax error, say),

@@ -26,7 +26,14 @@ one per core), each worker with its own block of ports; -j 1 runs them one by on
 Options: --cases DIR (another folder of .cfg files), --slow F (multiply every WAIT by F on a slow
 machine), --timeout S (a test fails once it runs S seconds beyond its own WAITs), --keep-ports (use
 the ports as written instead of free ones; implies -j 1), --logs DIR (where logs go; default Logs/
-beside this file), --gradescope FILE and --junit FILE (results for Gradescope and for CI).
+beside this file), --gradescope FILE and --junit FILE (results for Gradescope and for CI), --record and
+--record-transcripts (write what our server does into the cases named), --reference-logs DIR.
+
+A failed case is explained on the wire: what crossed each link in this run (captured from the sockets,
+whatever the servers print) is compared with the reference's run, TestCases/NAME.transcript.json (written
+by --record with our server) or else the course's reference log NAME.log in --reference-logs DIR (by
+default a 'Correct Logs' folder beside the cases), and the first message that went otherwise is named in
+words; Logs/NAME.html charts both runs side by side (Testers/transcript.py, explain.py, chart.py).
 
 Each case's log (Logs/CASE.log) holds its commands, each as a `*CMD` line among the servers' trace, the
 lint's findings, the waits, the result and the state every machine ended in; Logs/CASE/ holds each
@@ -66,9 +73,11 @@ import ChatClient  # noqa: E402
 import ChatMessageParser  # noqa: E402,F401
 from Testers import ports  # noqa: E402
 from Testers.cases import Case, declared_weight, load_case, select_cases  # noqa: E402
+from Testers.chart import write_chart  # noqa: E402
 from Testers.checker import Verdict, check_final_state  # noqa: E402
 from Testers.commands import CaseError, parse_command, split_arguments  # noqa: E402,F401
 from Testers.drawing import MachineView, draw_network  # noqa: E402
+from Testers.explain import closest, compare, explain  # noqa: E402
 from Testers.isolation import SANDBOX_MODES, import_problem, probe, run_all_isolated  # noqa: E402
 from Testers.keys import keys_for  # noqa: E402
 from Testers.lint import Finding, lint  # noqa: E402
@@ -92,10 +101,12 @@ from Testers.run import (  # noqa: E402,F401  (also the names the course's scrip
     server_class_for,
     server_parser,
 )
+from Testers.transcript import Transcript, record_transcript, reference_for  # noqa: E402
 
 DEFAULT_CASES_DIR = KIT_DIR / "TestCases"
 DRAWING_WIDTH = 94  # a 100-column terminal, less the indent of a failure's lines
 PASSED, FAILED, CASE_ERROR = "PASS", "FAIL", "CASE ERROR"
+TRANSCRIPT_RUNS = 16  # --record runs each case this many times for its transcript, to see the outcomes of races
 
 
 # ---------------------------------------------------------------------------------------------
@@ -119,6 +130,8 @@ class CaseResult:
     graded_errors: List[str] = field(default_factory=list)  # with --as-course, case errors whose key was graded
     logged: List[str] = field(default_factory=list)  # with --as-course, errors servers logged: shown, not failed
     weight_known: bool = True  # False for a case file too broken to say its weight (counted as 0)
+    wire: List[str] = field(default_factory=list)  # on a failure: the first divergence on the wire, in words
+    transcript: Optional[Transcript] = None  # what crossed each link, from the wire (Testers/transcript.py)
 
     @property
     def case_error_lines(self) -> List[str]:
@@ -142,6 +155,7 @@ class CaseResult:
     @property
     def explanation(self) -> str:
         lines = list(self.problems) or (["passed"] if self.passed else [])
+        lines += self.wire
         lines += self.case_error_lines
         lines += [f"not failed, as the course does not: {error}" for error in self.logged]
         if self.unchecked:
@@ -219,8 +233,33 @@ def judge(case: Case, findings: List[Finding], settings: Settings, record: RunRe
                         state if record.clean else None,
                         [str(finding) for finding in findings if (finding.machine, finding.key) in graded],
                         record.logged if settings.as_course else [])
+    result.transcript = record.transcript
+    try:
+        _explain_on_the_wire(result, case, settings)
+    except Exception:  # an explanation that fails must not cost the case its result
+        result.wire = [f"on the wire: no explanation, the comparison failed:\n{traceback.format_exc().rstrip()}"]
     _write_log(log_file, case, settings, record, result, state)
     return result
+
+
+def _explain_on_the_wire(result: CaseResult, case: Case, settings: Settings) -> None:
+    """For a failed case: the first divergence of its transcript from the reference's run, in words, and
+    the chart of both (Logs/NAME.html), named among the logs. It needs only the result and the case's
+    files, not the run, so it is done wherever the transcript was sent (a sandboxed run sends it back)."""
+    chart = Path(settings.logs_dir).resolve() / f"{case.name}.html"
+    chart.unlink(missing_ok=True)  # an earlier run's chart would mislead
+    if result.passed or result.transcript is None:
+        return
+    try:
+        reference = reference_for(case, settings.reference_logs)
+    except (OSError, ValueError) as error:
+        result.wire = [f"on the wire: the reference cannot be read: {error}"]
+        return
+    reference = closest(reference, result.transcript) if reference is not None else None
+    result.wire = explain(reference, result.transcript)
+    divergences = compare(reference, result.transcript) if reference is not None else []
+    write_chart(chart, case.name, result.transcript, reference, divergences, result.wire, result.drawing)
+    result.logs.append(chart)
 
 
 def draw(case: Case, state: Dict[str, Dict[str, Any]], compared: Dict[str, Dict[str, List[Any]]],
@@ -324,15 +363,31 @@ def print_table(results: List[CaseResult]) -> None:
     print(summary, flush=True)
 
 
-def record_cases(paths: List[Path], settings: Settings, keys_only: bool) -> int:
-    """--record: write what our server's network really ends in into each case file; 1 if any is refused."""
+def record_cases(paths: List[Path], settings: Settings, keys_only: bool, states: bool = True,
+                 transcripts: bool = True) -> int:
+    """--record: write what our server's network really ends in into each case file, and what crossed
+    each link into the transcript beside it (--record-transcripts: only that); 1 if any is refused."""
+    runs: List[Transcript] = []  # each run's transcript, for the outcomes a case's links can have
+
     def observe(path: Path) -> Tuple[Optional[Dict[str, Dict[str, Any]]], str]:
         result = run_case(path, settings)
+        if result.transcript is not None and result.observed is not None:
+            runs.append(result.transcript)
         return result.observed, result.explanation
 
     refused = 0
     for path in paths:
-        written, what = record(path, observe, keys_only)
+        runs.clear()
+        if states:
+            written, what = record(path, observe, keys_only)
+        else:
+            complete = [observe(path)[0] is not None for _ in range(2)]
+            written, what = all(complete), "not recorded: a run did not complete (see its log)"
+        if transcripts and written:
+            while len(runs) < TRANSCRIPT_RUNS:  # more runs than the state needs: a rarer outcome shows too
+                observe(path)
+            written, said = record_transcript(path, runs)
+            what = f"{what}; {said}" if states else said
         refused += not written
         print(f"{'ok     ' if written else 'REFUSED'}  {path.stem}: {what}", flush=True)
     return 1 if refused else 0
@@ -423,6 +478,12 @@ def parse_args(argv: Optional[List[str]] = None, prog: str = "ChatTestManager.py
     parser.add_argument("--record", action="store_true",
                         help="run the cases named (twice each, with our server) and write the final state they"
                              " end in into each file")
+    parser.add_argument("--record-transcripts", action="store_true",
+                        help="run the cases named (twice each, with our server) and write only what crossed each"
+                             " link into NAME.transcript.json beside each case")
+    parser.add_argument("--reference-logs", type=Path, metavar="DIR",
+                        help="the course's reference logs (NAME.log, as in its 'Correct Logs' folder): what a"
+                             " failed case is compared with where it has no transcript beside it")
     parser.add_argument("--record-keys-only", action="store_true",
                         help="with --record, only the keys each file already names")
     parser.add_argument("--mutants", action="store_true",
@@ -631,19 +692,26 @@ def main(argv: Optional[List[str]] = None, prog: str = "ChatTestManager.py") -> 
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    if args.record:
+    if args.record or args.record_transcripts:
         if not args.names:
             print("error: --record needs the cases to record, by name or file", file=sys.stderr)
             return 2
         ports.block = port_block(0, 1, args.ports)
         return record_cases(paths, Settings(logs_dir=args.logs, slow=args.slow, timeout=args.timeout, recording=True),
-                            args.record_keys_only)
+                            args.record_keys_only, states=args.record)
+    if args.reference_logs is not None and not args.reference_logs.is_dir():
+        print(f"error: --reference-logs {args.reference_logs}: no such folder", file=sys.stderr)
+        return 2
+    # The course's kit keeps its reference logs in 'Correct Logs' beside its TestCases folder.
+    beside = args.cases.resolve().parent / "Correct Logs"
+    reference_logs = args.reference_logs or (beside if beside.is_dir() else None)
     grading = args.server is not None or args.gradescope is not None or args.junit is not None
     server = args.server or DEFAULT_SERVER
     limits = Limits(args.limit_memory, args.limit_processes, args.limit_open_files, args.limit_file_size,
                     args.limit_import, args.limit_grace)
     settings = Settings(server, args.slow, args.timeout, args.keep_ports, args.logs, args.strict_waits,
-                        args.as_course, ports=args.ports, chaos=args.chaos, limits=limits, sandbox=args.sandbox)
+                        args.as_course, ports=args.ports, chaos=args.chaos, limits=limits, sandbox=args.sandbox,
+                        reference_logs=reference_logs)
     if grading:
         if not server.is_file():  # the one check made here: nothing of the submission runs in this process
             return refuse(paths, describe_load_error(server, FileNotFoundError(server)), args.gradescope)
@@ -677,6 +745,9 @@ def main(argv: Optional[List[str]] = None, prog: str = "ChatTestManager.py") -> 
     print_table(results)
     if args.chaos is not None:
         compare_without_chaos(results, paths, replace(settings, chaos=None), jobs)
+    charts = [str(path) for result in results for path in result.logs if path.suffix == ".html"]
+    if charts:  # the run's last line: where to look first
+        print(f"Charts of the failed case(s), this run beside the reference: {', '.join(charts)}")
     if args.gradescope:
         write_gradescope(args.gradescope, results, seconds)
     if args.junit:

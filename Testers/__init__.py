@@ -5,7 +5,9 @@ A case's `type` picks how its servers are built from the CRCServer under test:
 The other modules: cases (reading case files), commands (their verbs), keys (the final-state keys),
 lint (mistakes in a case file), checker (final state), quiet (quiet waits), ports (a port block per
 worker), trace (what servers print, for the log), drawing (the network as text), reports (Gradescope
-and JUnit files), record (--record), mutants (--mutants), chaos (--chaos) and demo (--demo).
+and JUnit files), record (--record), mutants (--mutants), chaos (--chaos), demo (--demo), and for a
+failed case transcript (what crossed each link, from the wire, a recording or a reference log), explain
+(its first divergence from the reference's run, in words) and chart (both runs as Logs/NAME.html).
 """
 
 from __future__ import annotations

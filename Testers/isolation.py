@@ -520,10 +520,11 @@ def _checked_record(data: Any, limits: Limits) -> RunRecord:
     if any("MemoryError" in error for error in errors):
         errors.insert(0, f"went over the memory limit of {limits.memory_mib} MiB (a MemoryError, below)")
     exception = data["exception"]
-    return RunRecord(machines, errors, texts(data["logged"]), data["finished"] is True,
-                             data["clean"] is True, waits, texts(data["journal"]), texts(data["trace"]),
-                             texts(data["about"]),
-                             SubmissionError(exception) if isinstance(exception, str) else None)
+    transcript = data.get("transcript")  # read only by the explanation, which takes any shape without harm
+    return RunRecord(machines, errors, texts(data["logged"]), data["finished"] is True, data["clean"] is True,
+                     waits, texts(data["journal"]), texts(data["trace"]), texts(data["about"]),
+                     SubmissionError(exception) if isinstance(exception, str) else None,
+                     transcript if isinstance(transcript, dict) else None)
 
 
 class SubmissionError(Exception):

@@ -28,6 +28,7 @@ from Testers.keys import CONNECTIVITY, read_machine
 from Testers.ports import PortMap
 from Testers.quiet import WaitRecord, can_report_quiet, wait_until_quiet
 from Testers.trace import TraceCapture, capture_stdout
+from Testers.transcript import Transcript, Wiretap, wire_transcript
 
 KIT_DIR = Path(__file__).resolve().parent.parent
 DEFAULT_LOGS_DIR = KIT_DIR / "Logs"
@@ -134,6 +135,7 @@ class Settings:
     ports: Optional[Tuple[int, int]] = None  # the ports the servers may use (low, high), shared among the workers
     chaos: Optional[int] = None  # a seed: connections to servers pass through relays that cut, glue and delay
     recording: bool = False  # --record: the run observes the final state, so what the file expects is moot
+    reference_logs: Optional[Path] = None  # the course's reference logs (NAME.log), for cases without a transcript
     isolate: bool = False  # grading: each case in a sandboxed child process (Testers/isolation.py)
     sandbox: str = "auto"  # how much of the sandbox to apply (Testers.isolation.SANDBOX_MODES)
     limits: Limits = field(default_factory=Limits)  # what that child may use
@@ -169,6 +171,7 @@ class CaseRun:
         self.relays: Dict[int, ChaosRelay] = {}
         self.chaos = settings.chaos if case.type != CONNECTIVITY else None
         self.step = "before the first command"
+        self.tap: Optional[Wiretap] = None  # told each command as it begins, to date what the wire carries
         self.aborted = threading.Event()
         self.started = time.monotonic()
 
@@ -191,6 +194,8 @@ class CaseRun:
                 self.step = f"command {number} {line!r}"
                 self.note(self.step)
                 self.on_step(self.step)
+                if self.tap is not None:
+                    self.tap.after = number - 1
                 self.trace.add(f"*CMD {line}")  # among the servers' trace, as the course's harness logs it
                 command.carry_out(self)
             self.finished = True
@@ -404,6 +409,7 @@ class RunRecord:
     trace: List[str] = field(default_factory=list)  # what the servers printed, and each command as *CMD
     about: List[str] = field(default_factory=list)  # lines for the log's head: ports, worker, chaos
     exception: Optional[BaseException] = None  # in-process: the first exception a machine raised
+    transcript: Optional[Transcript] = None  # what crossed each link, from the wire (Testers/transcript.py)
 
 
 def run_here(case: Case, settings: Settings, server_class: type, log_dir: Path,
@@ -412,8 +418,9 @@ def run_here(case: Case, settings: Settings, server_class: type, log_dir: Path,
     course's kit does, to completion or to the case's time limit. `on_step` hears of each command as it
     starts."""
     limit = settings.timeout + settings.slow * case.total_wait
-    with _ThreadErrors() as thread_errors, capture_stdout() as trace:
+    with _ThreadErrors() as thread_errors, capture_stdout() as trace, Wiretap() as tap:
         run = CaseRun(case, settings, server_class, log_dir, trace, on_step)
+        run.tap = tap
         worker = threading.Thread(target=run.execute, name=f"case {case.name}", daemon=True)
         worker.start()
         worker.join(limit)
@@ -425,12 +432,17 @@ def run_here(case: Case, settings: Settings, server_class: type, log_dir: Path,
     errors += run.crashes + ([run.failure] if run.failure else []) + thread_errors.errors
     exceptions = run.exceptions + thread_errors.exceptions
     chaos = f"seed {run.chaos}" if run.chaos is not None else "none"
+    about = [f"worker   process {os.getpid()}, port block {ports.block!r}, chaos {chaos}",
+             f"ports    {run.ports.ports or 'as written'}", f"logs     {log_dir}"]
+    try:
+        transcript: Optional[Transcript] = wire_transcript(tap, case, dict(run.ports.ports))
+    except Exception:  # a transcript that cannot be made must not cost the case its result
+        transcript = None
+        about.append(f"wire     no transcript: {traceback.format_exc().rstrip().splitlines()[-1]}")
     return RunRecord(run.observed_state(),  # once: a machine left running after a time-out may still change it
                      errors, list(run.logged), run.finished and not worker.is_alive(),
                      not (errors or run.logged or exceptions), list(run.waits), list(run.journal), trace.ended(),
-                     [f"worker   process {os.getpid()}, port block {ports.block!r}, chaos {chaos}",
-                      f"ports    {run.ports.ports or 'as written'}", f"logs     {log_dir}"],
-                     exceptions[0] if exceptions else None)
+                     about, exceptions[0] if exceptions else None, transcript)
 
 
 def record_as_data(record: RunRecord) -> Dict[str, Any]:

@@ -231,7 +231,7 @@ def test_two_workers_run_cases_side_by_side_each_with_its_own_ports(tmp_path: Pa
     assert sorted(finished) == [["FAIL", "2_bad"], ["FAIL", "4_bad"], ["PASS", "1_good"], ["PASS", "3_good"]], run.stdout
     table = run.stdout[run.stdout.index("\nTest "):].splitlines()[2:6]
     assert [row.split()[0] for row in table] == ["1_good", "2_bad", "3_good", "4_bad"], "the table is in case order"
-    assert run.stdout.splitlines()[-1] == "Score: 4/8; 2 of 4 tests passed", run.stdout
+    assert run.stdout.splitlines()[-2] == "Score: 4/8; 2 of 4 tests passed", run.stdout
     assert "oak.hosts_db: expected 0 item(s) []" in run.stdout, run.stdout
 
     workers: Dict[str, tuple] = {}  # pid -> its port block

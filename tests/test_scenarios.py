@@ -191,7 +191,10 @@ def test_the_command_line_prints_each_test_and_a_table_and_exits_nonzero_on_fail
     finished = sorted(line.split("  ")[:2] for line in lines if line.startswith(("PASS  ", "FAIL  ")))
     assert finished == [["FAIL", "2_bad"], ["PASS", "1_good"]], run.stdout
     assert "hub.hosts_db: expected 0 item(s) []" in run.stdout, run.stdout
-    assert lines[-1] == "Score: 2/5; 1 of 2 tests passed", run.stdout
+    assert lines[-2] == "Score: 2/5; 1 of 2 tests passed", run.stdout
+    # The last line names the chart of the failed case, this run beside the reference.
+    assert lines[-1] == ("Charts of the failed case(s), this run beside the reference:"
+                         f" {(tmp_path / 'Logs' / '2_bad.html').resolve()}"), run.stdout
     assert "result   FAIL" in (tmp_path / "Logs" / "2_bad.log").read_text()
     assert (tmp_path / "Logs" / "2_bad" / "hub.log").exists(), "the server's own log is not in the case's folder"
 
