@@ -529,15 +529,22 @@ def parse_args(argv: Optional[List[str]] = None, prog: str = "ChatTestManager.py
     parser.add_argument("--limit-grace", type=positive, default=limits.grace_seconds, metavar="S",
                         help="grading: the seconds a case's child gets beyond the case's own time limit before it"
                              " is ended (default %(default)g)")
+    parser.add_argument("--autograder-zip", type=Path, metavar="FILE",
+                        help="write the zip a course uploads to Gradescope (setup.sh, run_autograder, the kit without"
+                             " our server, the cases of --cases) and exit")
+    parser.add_argument("--grade-folder", type=Path, metavar="DIR",
+                        help="grade every DIR/NAME/ChatServer.py, each case in a sandbox, -j students at a time")
+    parser.add_argument("--csv", type=Path, metavar="FILE",
+                        help="with --grade-folder: write each student's points per case and total here")
     parser.add_argument("--sandbox", choices=SANDBOX_MODES, default="auto",
                         help="grading: auto applies all this machine allows; user, no namespaces (as in a container"
                              " that forbids them); process, not even a user of its own (as without root)")
     parser.add_argument("--demo", action="store_true",
                         help="start a small network (3 servers, 3 clients) in this process and show messages flowing")
     args = parser.parse_args(argv)
-    for option, needs in (("--record-keys-only", "record"), ("--require-kill", "mutants")):
+    for option, needs in (("--record-keys-only", "record"), ("--require-kill", "mutants"), ("--csv", "grade_folder")):
         if getattr(args, option[2:].replace("-", "_")) and not getattr(args, needs):
-            parser.error(f"{option}: only with --{needs}")
+            parser.error(f"{option}: only with --{needs.replace('_', '-')}")
     return args
 
 
@@ -660,7 +667,8 @@ def refuse(paths: List[Path], problem: str, gradescope: Optional[Path]) -> int:
 def output_paths_problem(args: argparse.Namespace, paths: List[Path]) -> Optional[str]:
     """Before any case runs: the first path the run would write and cannot (results files, the logs'
     folder, and with --record the case files), or None."""
-    files = [("--gradescope", args.gradescope), ("--junit", args.junit)]
+    files = [("--gradescope", args.gradescope), ("--junit", args.junit), ("--csv", args.csv),
+             ("--autograder-zip", args.autograder_zip)]
     files += [("--record", path) for path in paths] if args.record else []
     problems = check_paths(files, [("--logs", args.logs)])
     return problems[0] if problems else None
@@ -692,6 +700,9 @@ def main(argv: Optional[List[str]] = None, prog: str = "ChatTestManager.py") -> 
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
+    if args.autograder_zip:
+        from Testers.grading import write_autograder_zip  # only this needs it
+        return write_autograder_zip(args.autograder_zip, args.cases)
     if args.record or args.record_transcripts:
         if not args.names:
             print("error: --record needs the cases to record, by name or file", file=sys.stderr)
@@ -705,7 +716,10 @@ def main(argv: Optional[List[str]] = None, prog: str = "ChatTestManager.py") -> 
     # The course's kit keeps its reference logs in 'Correct Logs' beside its TestCases folder.
     beside = args.cases.resolve().parent / "Correct Logs"
     reference_logs = args.reference_logs or (beside if beside.is_dir() else None)
-    grading = args.server is not None or args.gradescope is not None or args.junit is not None
+    if args.grade_folder is not None and not args.grade_folder.is_dir():
+        print(f"error: --grade-folder {args.grade_folder}: no such folder", file=sys.stderr)
+        return 2
+    grading = any(given is not None for given in (args.server, args.gradescope, args.junit, args.grade_folder))
     server = args.server or DEFAULT_SERVER
     limits = Limits(args.limit_memory, args.limit_processes, args.limit_open_files, args.limit_file_size,
                     args.limit_import, args.limit_grace)
@@ -713,12 +727,20 @@ def main(argv: Optional[List[str]] = None, prog: str = "ChatTestManager.py") -> 
                         args.as_course, ports=args.ports, chaos=args.chaos, limits=limits, sandbox=args.sandbox,
                         reference_logs=reference_logs)
     if grading:
-        if not server.is_file():  # the one check made here: nothing of the submission runs in this process
+        if args.grade_folder is None and not server.is_file():  # the one check made here: nothing of it runs here
             return refuse(paths, describe_load_error(server, FileNotFoundError(server)), args.gradescope)
         isolation = probe(args.sandbox)
         settings.isolate = not isolation.in_process
         for line in isolation.describe(limits):
             print(line, flush=True)
+        if args.grade_folder is not None:
+            if isolation.in_process:
+                print("error: --grade-folder: grading a class needs a system with fork", file=sys.stderr)
+                return 2
+            from Testers.grading import grade_folder  # only this needs it
+            return grade_folder(args.grade_folder, paths, settings, args.jobs, args.csv,
+                                lambda path, problem: CaseResult(path.stem, FAILED, 0.0, [problem],
+                                                                 declared_weight(path) or 0))
         problem = import_problem(settings) if settings.isolate else None
         if problem:
             return refuse(paths, problem, args.gradescope)

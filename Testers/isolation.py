@@ -139,10 +139,11 @@ def _python() -> str:
     return os.path.realpath(sys.executable)
 
 
-def sandbox_uid(slot: int) -> int:
-    """A user id no account has, for the child in this slot: no two children of this machine's graders
-    share one at a time, so killing every process of that user ends exactly that child's."""
-    uid = FIRST_UID + (os.getpid() % 100_000) * 64 + slot % 64
+def sandbox_uid(slot: int, grader: Optional[int] = None) -> int:
+    """A user id no account has, for the child in this slot of this grader (by default, this process): no
+    two children of this machine's graders share one at a time, so killing every process of that user
+    ends exactly that child's."""
+    uid = FIRST_UID + ((grader or os.getpid()) % 100_000) * 64 + slot % 64
     while True:
         try:
             pwd.getpwuid(uid)
