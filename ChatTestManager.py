@@ -552,7 +552,7 @@ def report(result: CaseResult) -> None:
     """One line per finished test, and why it failed or what in its file is wrong."""
     print(f"{result.status}  {result.name}  ({result.seconds:.1f} s)", flush=True)
     for line in result.output.splitlines() if not result.passed or result.case_errors or result.logged else []:
-        print(f"      {line}".rstrip(), flush=True)
+        print(f"      {ChatClient.printable(line)}".rstrip(), flush=True)  # a submission's text: no escapes
 
 
 def _start_worker(slots: Any, count: int, port_range: Optional[Tuple[int, int]]) -> None:
@@ -656,7 +656,7 @@ def print_mutant_matrix(paths: List[Path], results: List[CaseResult], require_ki
 def refuse(paths: List[Path], problem: str, gradescope: Optional[Path]) -> int:
     """A run that cannot grade: one line (then any detail), and with --gradescope a valid results file that
     fails every test for that reason (an autograder without one shows the student only that it failed)."""
-    print(f"error: {problem.splitlines()[0]}", file=sys.stderr)
+    print(f"error: {ChatClient.printable(problem.splitlines()[0])}", file=sys.stderr)
     if gradescope:
         failed = [CaseResult(path.stem, FAILED, 0.0, [f"error: {problem}"], declared_weight(path) or 0)
                   for path in paths]
@@ -731,6 +731,9 @@ def main(argv: Optional[List[str]] = None, prog: str = "ChatTestManager.py") -> 
             return refuse(paths, describe_load_error(server, FileNotFoundError(server)), args.gradescope)
         isolation = probe(args.sandbox)
         settings.isolate = not isolation.in_process
+        if settings.isolate and os.geteuid() == 0 and not isolation.own_user and args.sandbox != "process":
+            return refuse(paths, f"cannot sandbox a submission here ({isolation.why_not}): it would run as root;"
+                                 " --sandbox process runs it so all the same", args.gradescope)
         for line in isolation.describe(limits):
             print(line, flush=True)
         if args.grade_folder is not None:

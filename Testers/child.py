@@ -1,8 +1,8 @@
 """The runner of a sandboxed case: loads the submission and carries out the case's commands, then sends
 back what it observed. It knows the commands, never the final state; the grader judges.
 
-Testers/sandbox.py calls `main` once the process is shut in. STAGE holds kit/ (what runs a case, without
-the reference server), submission/ (the ChatServer.py under test, and the folder it runs in), logs/ (the
+Testers/sandbox.py calls `main` once the process is shut in, with the kit already imported. STAGE holds
+submission/ (the ChatServer.py under test and the modules beside it; the folder it runs in), logs/ (the
 machines' logs) and plan.json (Testers/isolation.py writes it). What it observed goes back as lines of
 JSON on the file descriptor REPORT_FD, as it happens: the runner started, the submission loaded (or why
 not), each command as it starts, and at the end the run's record (Testers.run.RunRecord as plain data).

@@ -16,7 +16,7 @@ with a line per student as each is done, and a CSV of names, points per case, to
 from __future__ import annotations
 
 import csv
-import queue
+import os
 import stat
 import sys
 import time
@@ -26,7 +26,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, List, Optional, Tuple
 
-from Testers.isolation import KIT_DIR, KIT_FILES, import_problem, run_isolated
+from ChatClient import printable
+from Testers.isolation import KIT_DIR, KIT_FILES, Slots, failed_by_grader, import_problem, run_isolated
 
 SETUP = """#!/usr/bin/env bash
 # Gradescope runs this once, as root, when it builds the autograder's image: the kit needs Python 3.9 or
@@ -106,24 +107,24 @@ def grade_folder(folder: Path, paths: List[Path], settings: Any, jobs: int, csv_
     rows: List[Tuple[str, List[Any], str]] = []
     started = time.monotonic()
 
-    slots: "queue.Queue[int]" = queue.Queue()  # a slot per student under way: its sandbox's user id
-    for slot in range(jobs):
-        slots.put(slot)
+    slots = Slots(jobs)
 
     def grade(student: Path) -> Tuple[str, List[Any], str]:
-        slot = slots.get()
-        try:
-            return grade_one(student, slot)
-        finally:
-            slots.put(slot)
-
-    def grade_one(student: Path, slot: int) -> Tuple[str, List[Any], str]:
         server = student / "ChatServer.py"
         mine = replace(settings, server_path=server, logs_dir=Path(settings.logs_dir) / student.name)
-        problem = f"no ChatServer.py in {student}" if not server.is_file() else import_problem(mine)
-        if problem:
-            return student.name, [new_result(path, f"error: {problem}") for path in paths], problem.splitlines()[0]
-        return student.name, [run_isolated(path, mine, slot, jobs) for path in paths], ""
+        with slots.taken() as slot:
+            problem = f"no ChatServer.py in {student}" if not os.path.lexists(server) else \
+                import_problem(mine, slot, jobs)
+            if problem:
+                return student.name, [new_result(path, f"error: {problem}") for path in paths], \
+                    problem.splitlines()[0]
+            results = []
+            for path in paths:
+                try:
+                    results.append(run_isolated(path, mine, slot, jobs))
+                except Exception:  # this case says so; the student's other cases and the class go on
+                    results.append(failed_by_grader(path))
+            return student.name, results, ""
 
     with ThreadPoolExecutor(min(jobs, len(students)), thread_name_prefix="student") as pool:
         futures = {pool.submit(grade, student): student for student in students}
@@ -133,8 +134,8 @@ def grade_folder(folder: Path, paths: List[Path], settings: Any, jobs: int, csv_
             score = sum(result.score for result in results)
             total = sum(result.graded_weight for result in results)
             passed = sum(result.passed for result in results)
-            print(f"[{done}/{len(students)}] {name}: {score:g}/{total:g}, {passed} of {len(results)} case(s)"
-                  f" passed{f'; {problem}' if problem else ''}", flush=True)
+            print(printable(f"[{done}/{len(students)}] {name}: {score:g}/{total:g}, {passed} of {len(results)}"
+                            f" case(s) passed{f'; {problem}' if problem else ''}"), flush=True)
     rows.sort(key=lambda row: row[0])
     if csv_path is not None:
         write_csv(csv_path, [path.stem for path in paths], rows)
@@ -148,6 +149,13 @@ def write_csv(path: Path, cases: List[str], rows: List[Tuple[str, List[Any], str
         writer = csv.writer(file)
         writer.writerow(["student", *cases, "total", "out of", "problem"])
         for name, results, problem in rows:
-            writer.writerow([name, *[f"{result.score:g}" for result in results],
+            writer.writerow([cell(name), *[f"{result.score:g}" for result in results],
                              f"{sum(result.score for result in results):g}",
-                             f"{sum(result.graded_weight for result in results):g}", problem])
+                             f"{sum(result.graded_weight for result in results):g}", cell(problem)])
+
+
+def cell(text: str) -> str:
+    """A text for a spreadsheet cell: never a formula (a file name or an error can start with '='), never
+    a control character."""
+    text = printable(text)
+    return f"'{text}" if text[:1] in ("=", "+", "-", "@") else text

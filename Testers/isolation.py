@@ -2,15 +2,17 @@
 child process that is told the case's commands and never its final state, and sends back what it
 observed; this process, the grader, judges it, writes the logs and every results file.
 
-A case's child (Testers/sandbox.py around Testers/child.py) runs from a stage folder of its own: kit/
-(what runs a case: the client, the codec, the manager and Testers/, not our server), submission/ (the
-ChatServer.py under test, and a ChatMessageParser.py of its own if it has one beside it), logs/ and
-plan.json (the commands and the settings). As root, each child runs as a user id of its own with no
-privileges, in namespaces of its own (only loopback for a network, a root that holds the system's
-folders read-only and the stage, nothing else of the machine), and every process it leaves is ended with
-it. Anywhere, it gets limits: memory, processes, open files, file size, the time to import the
-submission, and the case's own time limit plus a grace. Whatever it sends back is bounded and checked
-before anything is judged; a child that dies, hangs, or sends garbage fails its case with the reason.
+A case's child (Testers/sandbox.py around Testers/child.py) is forked by a fork server that has the kit
+imported: a copy of what runs a case (the client, the codec, the manager and Testers/, never our
+server), made once for a run. It runs from a stage folder of its own: submission/ (the ChatServer.py
+under test and the modules beside it, a ChatMessageParser.py of its own say), logs/, tmp/ and plan.json
+(the commands and the settings). As root, each child runs as a user id of its own with no privileges, in
+namespaces of its own (only loopback for a network, a root that holds the system's folders read-only,
+the stage and the kit's copy, nothing else of the machine; the stage on a memory file system of a
+bounded size), and every process it leaves is ended with it. Anywhere, it gets limits: memory,
+processes, open files, file size, the time to import the submission, and the case's own time limit plus
+a grace. Whatever it sends back is bounded and checked before anything is judged; a child that dies,
+hangs, or sends garbage fails its case with the reason.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import json
 import os
 import pwd
 import queue
+import re
 import selectors
 import shutil
 import signal
@@ -33,11 +36,13 @@ import tempfile
 import threading
 import time
 import traceback
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Tuple
 
 from Testers.cases import Case, declared_weight, plan_of
 from Testers.keys import FUNCTIONALITY
@@ -46,7 +51,11 @@ from Testers.run import Limits, RunRecord
 
 KIT_DIR = Path(__file__).resolve().parent.parent
 KIT_FILES = ("ChatClient.py", "ChatMessageParser.py", "ChatTestManager.py")  # and Testers/: never ChatServer.py
-REPORT_LIMIT = 32 << 20  # bytes a child may send back: far above any case's state and trace
+REPORT_LIMIT = 32 << 20  # bytes a child may send back: far above any case's state and trace (ours: 135 KB)
+LINE_LIMIT = 1 << 20  # bytes of one line a child sends, but its record
+CONTAINERS_LIMIT = 1_000_000  # JSON objects and lists in a record: what the grader's memory pays to read it
+TRANSCRIPT_LIMIT = 20_000  # messages of a transcript explained (ours: 262 at most): comparing costs their square
+EVENTS = ("started", "loaded", "load_failed", "step", "record")  # what Testers/child.py sends
 OUTPUT_KEPT = 16 << 10  # bytes kept of what a child prints outside the case's trace
 LOGS_KEPT = 64 << 20  # bytes of a child's log files copied into Logs/
 SUBMISSION_LIMIT = 16 << 20  # bytes of a submission's file that are staged
@@ -171,8 +180,10 @@ def copy_kit(folder: Path) -> Path:
 
 @dataclass
 class Outcome:
-    """What watching a child gave: its events, what it printed, how it ended, and why it was stopped."""
-    events: List[Dict[str, Any]] = field(default_factory=list)
+    """What watching a child gave: its events (the first of each kind, but the last record and the last
+    few steps: a child may send any number), what it printed, how it ended, and why it was stopped."""
+    events: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    steps: Deque[str] = field(default_factory=lambda: deque(maxlen=100))
     printed: bytes = b""
     printed_total: int = 0
     status: Optional[int] = None  # Popen's: negative for a signal
@@ -180,16 +191,27 @@ class Outcome:
     loaded_at: Optional[float] = None
 
     def first(self, name: str) -> Optional[Dict[str, Any]]:
-        return next((event for event in self.events if event.get("event") == name), None)
+        return self.events.get(name)
+
+    def take(self, event: Dict[str, Any]) -> None:
+        kind = event["event"]
+        if kind == "step":
+            self.steps.append(str(event.get("text")))
+        elif kind == "record" or kind not in self.events:
+            self.events[kind] = event
 
     @property
     def last_step(self) -> str:
-        steps = [event.get("text") for event in self.events if event.get("event") == "step"]
-        return str(steps[-1]) if steps else "before the first command"
+        return self.steps[-1] if self.steps else "before the first command"
 
     def printed_tail(self, lines: int = 20) -> str:
         text = self.printed.decode("utf-8", "backslashreplace").rstrip()
         return "\n".join(text.splitlines()[-lines:])
+
+    @property
+    def printed_last(self) -> str:
+        """What it printed last, for an explanation, or nothing."""
+        return f"\nwhat it printed last:\n{self.printed_tail(10)}" if self.printed else ""
 
 
 class Stage:
@@ -201,8 +223,11 @@ class Stage:
         self.limits: Limits = settings.limits
         self.uid = sandbox_uid(slot) if isolation.own_user else None
         self.folder = Path(tempfile.mkdtemp(prefix=f"crc-{case.name}-"))
+        self.mounted = isolation.namespaces  # as root: what the submission writes cannot fill the disk
+        if self.mounted:
+            from Testers.sandbox import MS_NODEV, MS_NOSUID, mount  # ctypes and libc, only where root mounts
+            mount("tmpfs", str(self.folder), "tmpfs", MS_NOSUID | MS_NODEV, f"size={4 * self.limits.file_mib}m")
         self.folder.chmod(0o711)  # the child's user may pass through, not list
-        (self.folder / "kit").mkdir(mode=0o755)  # where the jail shows the kit (`kit`, one copy for every case)
         submission = self.folder / "submission"
         submission.mkdir()
         # The server and the modules beside it (its own ChatMessageParser.py, as in the course's kit, or a
@@ -229,6 +254,9 @@ class Stage:
         folder.chmod(0o700)
 
     def close(self) -> None:
+        if self.mounted:
+            from Testers.sandbox import unmount
+            unmount(str(self.folder))
         shutil.rmtree(self.folder, ignore_errors=True)
 
     def here(self, text: str) -> str:
@@ -246,14 +274,19 @@ class Stage:
         """Start the child and watch it to its end, or end it at a limit."""
         report, report_end = os.pipe()
         output, output_end = os.pipe()
-        number, pid = forks.start(self.config, report_end, output_end)
+        try:
+            number = forks.start(self.config, report_end, output_end)
+        except BaseException:
+            os.close(report)
+            os.close(output)
+            raise
         outcome = Outcome()
         try:
             self._watch(report, output, case_limit, outcome)
         finally:
             os.close(report)
             os.close(output)
-            outcome.status = self._end(forks, number, pid, outcome)
+            outcome.status = self._end(forks, number, outcome)
         return outcome
 
     def _watch(self, report: int, output: int, case_limit: float, outcome: Outcome) -> None:
@@ -288,29 +321,28 @@ class Stage:
                         return
                     *lines, pending = (pending + chunk).split(b"\n")
                     for line in lines:
-                        outcome.events.append(_event(line))
-                        if outcome.events[-1].get("event") == "loaded" and outcome.loaded_at is None:
+                        event = _event(line)
+                        if event is not None:
+                            outcome.take(event)
+                        if outcome.loaded_at is None and outcome.first("loaded"):
                             outcome.loaded_at = time.monotonic()
                             deadline = outcome.loaded_at + case_limit + self.limits.grace_seconds
         selector.close()
 
-    def _end(self, forks: "ForkServer", number: int, pid: int, outcome: Outcome) -> Optional[int]:
+    def _end(self, forks: "ForkServer", number: int, outcome: Outcome) -> Optional[int]:
         """Whatever happened, the child and every process it left end before its case is judged; how it
         ended, as Popen's returncode (negative for a signal)."""
         status = None if outcome.stopped else forks.ended(number, ENDING_SECONDS)
         if status is None and not outcome.stopped and not outcome.first("record"):
             outcome.stopped = "closed its output and its report, but did not end"
-        for how in (signal.SIGTERM, signal.SIGKILL):  # SIGTERM: the sandbox ends everything it started
+        # SIGTERM: the case's process ends the runner and all it left; SIGKILL if it cannot, and then its
+        # user's processes, which without namespaces nothing else would end.
+        for how, user in ((signal.SIGTERM, None), (signal.SIGKILL, self.uid)):
             if status is not None:
                 break
-            try:
-                os.kill(pid, how)
-            except ProcessLookupError:
-                pass
+            forks.kill(number, how, user)
             status = forks.ended(number, ENDING_SECONDS)
-        if self.uid is not None and not self.isolation.namespaces:
-            from Testers.sandbox import kill_leftovers  # ctypes and libc, only where a user was made
-            kill_leftovers(self.uid)
+        forks.forget(number)
         return None if status is None else os.waitstatus_to_exitcode(status)
 
     def copy_logs(self, log_dir: Path) -> List[str]:
@@ -332,14 +364,15 @@ class Stage:
 
 class ForkServer:
     """The grader's end of Testers/sandbox.py's fork server: one process, started once for a run, that
-    forks a sandboxed child for each case (see serve there). Started again if it ever dies."""
+    forks a sandboxed child for each case (see serve there). Started again if it ever dies: without a user
+    of its own, a submission can kill it."""
 
     def __init__(self) -> None:
         self.folder = tempfile.TemporaryDirectory(prefix="crc-kit-")
         self.kit = copy_kit(Path(self.folder.name))
         self.lock = threading.Lock()
         self.numbers = itertools.count(1)
-        self.answers: Dict[int, "queue.Queue[Dict[str, Any]]"] = {}
+        self.answers: Dict[int, "queue.Queue[Dict[str, Any]]"] = {}  # case -> what the fork server says of it
         self.process: Optional[subprocess.Popen] = None  # type: ignore[type-arg]
 
     def _start(self) -> None:
@@ -350,50 +383,82 @@ class ForkServer:
             start_new_session=True, env=CHILD_ENVIRONMENT)
         theirs.close()
         self.channel = ours
-        threading.Thread(target=self._listen, args=(ours, self.process), name="fork server", daemon=True).start()
+        self.served: List[int] = []  # the cases this process of the fork server was asked for
+        threading.Thread(target=self._listen, args=(ours, self.process, self.served), name="fork server",
+                         daemon=True).start()
 
-    def _listen(self, channel: socket.socket, process: subprocess.Popen) -> None:  # type: ignore[type-arg]
-        """Hands each answer to the case it is for; when the fork server is gone (a submission run without
-        a user of its own can kill it), each case still waiting hears so."""
+    def _listen(self, channel: socket.socket, process: subprocess.Popen,  # type: ignore[type-arg]
+                served: List[int]) -> None:
+        """Hands each answer to the case it is for; when this fork server is gone, each of its cases still
+        waiting hears so (not those of the one started after it)."""
         while True:
             message = channel.recv(1 << 16)
             if not message:
                 break
             answer = json.loads(message)
-            if "case" in answer:
-                self.answers[answer["case"]].put(answer)
+            waiting = self.answers.get(answer.get("case"))
+            if waiting is not None:
+                waiting.put(answer)
         with self.lock:
             process.wait()
             channel.close()
-            for answers in list(self.answers.values()):
-                answers.put({"gone": True})
+            for number in served:
+                waiting = self.answers.get(number)
+                if waiting is not None:
+                    waiting.put({"gone": True})
 
-    def start(self, config: Callable[[int], Dict[str, Any]], report: int, output: int) -> Tuple[int, int]:
-        """Fork a child with the config for a number, writing to these pipes (closed here): (number, pid)."""
-        with self.lock:
-            if self.process is None or self.process.poll() is not None:  # not yet, or no more
-                self._start()
-            number = next(self.numbers)
-            self.answers[number] = queue.Queue()
-            socket.send_fds(self.channel, [json.dumps(config(number)).encode()], [report, output])
-        os.close(report)
-        os.close(output)
-        answer = self.answers[number].get(timeout=30)
+    def start(self, config: Callable[[int], Dict[str, Any]], report: int, output: int) -> int:
+        """Fork a child with the config for a new case number, writing to these pipes (closed here); its
+        number."""
+        try:
+            with self.lock:
+                if self.process is None or self.process.poll() is not None:  # not yet, or no more
+                    self._start()
+                number = next(self.numbers)
+                self.answers[number] = queue.Queue()
+                self.served.append(number)
+                socket.send_fds(self.channel, [json.dumps(config(number)).encode()], [report, output])
+        finally:
+            os.close(report)
+            os.close(output)
+        try:
+            answer = self.answers[number].get(timeout=30)
+        except queue.Empty:
+            answer = {}
         if "pid" not in answer:
-            raise RuntimeError("the fork server ended before it started the case")
-        return number, int(answer["pid"])
+            self.forget(number)
+            raise RuntimeError("the fork server did not start the case")
+        return number
 
     def ended(self, number: int, seconds: float) -> Optional[int]:
-        """The case's child's status as os.waitpid gives it, once it ended, waiting at most `seconds`."""
+        """The case's child's status as os.waitpid gives it, once it ended, waiting at most `seconds`; None
+        if it has not ended, or if the fork server is gone and cannot say."""
+        waiting = self.answers.get(number)
+        if waiting is None:
+            return None
         try:
-            answer = self.answers[number].get(timeout=seconds)
+            answer = waiting.get(timeout=seconds)
         except queue.Empty:
             return None
-        self.answers.pop(number, None)
+        if "gone" in answer:
+            waiting.put(answer)  # and so it stays for whoever asks again
         return int(answer["status"]) if "status" in answer else None
 
+    def kill(self, number: int, how: int, user: Optional[int]) -> None:
+        """Send the case's process this signal if it has not ended (the fork server alone knows: it reaps
+        them), and given a user id, end every process of that user."""
+        with self.lock:
+            if self.process is not None and self.process.poll() is None:
+                try:
+                    self.channel.send(json.dumps({"kill": number, "signal": int(how), "user": user}).encode())
+                except OSError:
+                    pass  # gone: its cases' processes went with it, or are its orphans, ended with it
+
+    def forget(self, number: int) -> None:
+        self.answers.pop(number, None)
+
     def close(self) -> None:
-        """Closing the channel ends the fork server, and whatever case it still runs."""
+        """Closing the channel ends the fork server, whatever case it still runs and whatever they left."""
         with self.lock:
             if self.process is not None and self.process.poll() is None:
                 self.channel.shutdown(socket.SHUT_RDWR)  # the listener's recv holds the socket open until then
@@ -424,12 +489,33 @@ def copy_regular(source: Path, target: Path, budget: int = SUBMISSION_LIMIT) -> 
         return info.st_size
 
 
-def _event(line: bytes) -> Dict[str, Any]:
+def _event(line: bytes) -> Optional[Dict[str, Any]]:
+    """A line a child sent, as an event of a kind the runner sends, every text in it valid and printable
+    (a lone surrogate could not be written to a log or a CSV), or None. It comes from the submission's
+    process, so nothing about it is trusted: a record that would cost the grader much memory to read is
+    kept as unreadable, and so is one nested too deep."""
+    kind = re.match(rb'\{"event": "(\w+)"', line)
+    name = kind.group(1).decode() if kind else ""
+    if name not in EVENTS or (name != "record" and len(line) > LINE_LIMIT):
+        return None
+    if line.count(b"{") + line.count(b"[") > CONTAINERS_LIMIT:
+        return {"event": name, "record": None}
     try:
         event = json.loads(line)
-    except ValueError:
-        return {"event": "garbled"}
-    return event if isinstance(event, dict) else {"event": "garbled"}
+    except (ValueError, RecursionError):
+        return {"event": name, "record": None} if name == "record" else None
+    return _clean(event) if isinstance(event, dict) and event.get("event") == name else None
+
+
+def _clean(value: Any) -> Any:
+    """JSON data with every text made valid UTF-8 (a lone surrogate becomes '?')."""
+    if isinstance(value, str):
+        return value if value.isascii() else value.encode("utf-8", "replace").decode("utf-8")
+    if isinstance(value, list):
+        return [_clean(item) for item in value]
+    if isinstance(value, dict):
+        return {_clean(key): _clean(item) for key, item in value.items()}
+    return value
 
 
 # ------------------------------------------------------------------------------------ the verdict
@@ -460,15 +546,15 @@ def load_problem(outcome: Outcome, limits: Limits, server: Path) -> Optional[str
     """Why the submission was not loaded in this child (a line, then any detail), or None once it was."""
     if outcome.first("loaded"):
         return None
-    printed = f"\nwhat it printed last:\n{outcome.printed_tail(10)}" if outcome.printed else ""
     if not outcome.first("started"):
-        return f"the sandbox could not start the runner: {describe_end(outcome, limits, 'at start')}{printed}"
+        return f"the sandbox could not start the runner: {describe_end(outcome, limits, 'at start')}" \
+               f"{outcome.printed_last}"
     failed = outcome.first("load_failed")
     if failed and not outcome.stopped:
         if failed.get("memory"):
             return f"cannot load {server}: went over the memory limit of {limits.memory_mib} MiB (a MemoryError)"
         return str(failed.get("problem", f"cannot load {server}"))
-    return f"cannot load {server}: {describe_end(outcome, limits, 'during import')}{printed}"
+    return f"cannot load {server}: {describe_end(outcome, limits, 'during import')}{outcome.printed_last}"
 
 
 def record_from(outcome: Outcome, limits: Limits, server: Path) -> Tuple[RunRecord, List[str]]:
@@ -481,18 +567,16 @@ def record_from(outcome: Outcome, limits: Limits, server: Path) -> Tuple[RunReco
     loaded = outcome.first("loaded")
     if loaded and isinstance(loaded.get("parser"), str):
         about.append(f"parser   {loaded['parser']} (what that server imported, in its sandbox)")
-    records = [event.get("record") for event in outcome.events if event.get("event") == "record"]
+    record = outcome.first("record")
     problem = load_problem(outcome, limits, server)
-    if problem is None and (outcome.stopped or not records):
-        printed = f"\nwhat it printed last:\n{outcome.printed_tail(10)}" if outcome.printed else ""
-        problem = f"{describe_end(outcome, limits, 'while the case ran')}, at {outcome.last_step}{printed}"
-    if problem is None:
+    if problem is None and (outcome.stopped or record is None):
+        problem = f"{describe_end(outcome, limits, 'while the case ran')}, at {outcome.last_step}{outcome.printed_last}"
+    if problem is None and record is not None:
         try:
-            return _checked_record(records[-1], limits), about
+            return _checked_record(record.get("record"), limits), about
         except (ValueError, TypeError, KeyError, AttributeError) as error:
             problem = f"its process sent back a record that cannot be read ({error})"
-    steps = [str(event.get("text")) for event in outcome.events if event.get("event") == "step"]
-    return RunRecord({}, [f"error: {problem}"], [], False, False, journal=steps), about
+    return RunRecord({}, [f"error: {problem}"], [], False, False, journal=list(outcome.steps)), about
 
 
 def _checked_record(data: Any, limits: Limits) -> RunRecord:
@@ -522,6 +606,8 @@ def _checked_record(data: Any, limits: Limits) -> RunRecord:
         errors.insert(0, f"went over the memory limit of {limits.memory_mib} MiB (a MemoryError, below)")
     exception = data["exception"]
     transcript = data.get("transcript")  # read only by the explanation, which takes any shape without harm
+    if isinstance(transcript, dict) and len(transcript.get("messages") or ()) > TRANSCRIPT_LIMIT:
+        transcript = None  # explaining it would cost the grader the square of its length
     return RunRecord(machines, errors, texts(data["logged"]), data["finished"] is True, data["clean"] is True,
                      waits, texts(data["journal"]), texts(data["trace"]), texts(data["about"]),
                      SubmissionError(exception) if isinstance(exception, str) else None,
@@ -530,6 +616,48 @@ def _checked_record(data: Any, limits: Limits) -> RunRecord:
 
 class SubmissionError(Exception):
     """An exception raised in a sandboxed child, known by its text."""
+
+
+def submission_path(settings: Any) -> Path:
+    """The submission's file, absolute: its folder as the grader named it, with any link in it followed,
+    but the file itself as it is (a link there is refused: it could point at the answers)."""
+    given = Path(settings.server_path).absolute()
+    return given.parent.resolve() / given.name
+
+
+def submission_problem(server: Path) -> Optional[str]:
+    """Why the file cannot be graded as it is (it is not one regular file of its own), or None."""
+    try:
+        info = os.lstat(server)
+    except OSError:
+        return f"cannot load {server}: no such file"
+    if stat.S_ISLNK(info.st_mode):
+        return f"cannot load {server}: it is a link; only a file is graded"
+    if not stat.S_ISREG(info.st_mode):
+        return f"cannot load {server}: {'it is a folder' if stat.S_ISDIR(info.st_mode) else 'it is no file'}"
+    if info.st_nlink != 1:
+        return f"cannot load {server}: it has another name (a hard link); only a file of its own is graded"
+    if info.st_size > SUBMISSION_LIMIT:
+        return f"cannot load {server}: it is over {SUBMISSION_LIMIT >> 20} MiB"
+    return None
+
+
+class Slots:
+    """The slots of the children running at once: each its user id, and without namespaces its ports."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.free: "queue.Queue[int]" = queue.Queue()
+        for slot in range(count):
+            self.free.put(slot)
+
+    @contextmanager
+    def taken(self) -> Iterator[int]:
+        slot = self.free.get()
+        try:
+            yield slot
+        finally:
+            self.free.put(slot)
 
 
 def run_isolated(path: Path, settings: Any, slot: int = 0, slots: int = 1) -> Any:
@@ -543,7 +671,7 @@ def run_isolated(path: Path, settings: Any, slot: int = 0, slots: int = 1) -> An
     case, findings = prepared
     log_dir = manager.case_log_dir(case, settings)
     isolation = probe(settings.sandbox)
-    server = Path(settings.server_path).resolve()
+    server = submission_path(settings)
     stage = Stage(case, settings, server, fork_server().kit, isolation, slot, slots)
     try:
         outcome = stage.run(fork_server(), settings.timeout + settings.slow * case.total_wait)
@@ -558,17 +686,20 @@ def run_isolated(path: Path, settings: Any, slot: int = 0, slots: int = 1) -> An
         f" {settings.limits.describe()}"]
     if left_out:
         record.about.append(f"logs     left out (not regular files, or over {LOGS_KEPT >> 20} MiB):"
-                            f" {', '.join(left_out)}")
+                            f" {', '.join(left_out[:20])}{' and more' if len(left_out) > 20 else ''}")
     return manager.judge(case, findings, settings, record, started)
 
 
-def import_problem(settings: Any) -> Optional[str]:
+def import_problem(settings: Any, slot: int = 0, slots: int = 1) -> Optional[str]:
     """Why the submission cannot even be imported, tried once in a sandboxed child before any case runs
     (a line, then any detail), or None: a submission that cannot load fails every case for that one reason
     at once, instead of after each case's own time limit."""
-    server = Path(settings.server_path).resolve()
+    server = submission_path(settings)
+    problem = submission_problem(server)
+    if problem:
+        return problem
     case = Case("import", server, FUNCTIONALITY, [], [], None)
-    stage = Stage(case, settings, server, fork_server().kit, probe(settings.sandbox), 0, 1)
+    stage = Stage(case, settings, server, fork_server().kit, probe(settings.sandbox), slot, slots)
     try:
         outcome = stage.run(fork_server(), 0.0)
     finally:
@@ -577,26 +708,26 @@ def import_problem(settings: Any) -> Optional[str]:
     return None if problem is None else stage.here(problem)
 
 
-def run_all_isolated(work: List[Tuple[Path, Any]], jobs: int, done: Callable[[int, Any], None]) -> List[Any]:
-    """Run each case in a child of its own, `jobs` at a time, calling `done` with each result's place in
-    `work` as it comes; the results in that order. Each child running at once has a slot of its own: its
-    user id and, without namespaces, its block of ports."""
+def failed_by_grader(path: Path) -> Any:
+    """A case the grader failed on, by a fault of its own: it says so, and the others still run."""
     import ChatTestManager as manager
 
-    slots: "queue.Queue[int]" = queue.Queue()
-    for slot in range(jobs):
-        slots.put(slot)
+    return manager.CaseResult(path.stem, manager.FAILED, 0.0,
+                              [f"error: the grader failed on this case, not the submission:\n"
+                               f"{traceback.format_exc().rstrip()}"], declared_weight(path) or 0)
+
+
+def run_all_isolated(work: List[Tuple[Path, Any]], jobs: int, done: Callable[[int, Any], None]) -> List[Any]:
+    """Run each case in a child of its own, `jobs` at a time, calling `done` with each result's place in
+    `work` as it comes; the results in that order."""
+    slots = Slots(jobs)
 
     def one(path: Path, settings: Any) -> Any:
-        slot = slots.get()
-        try:
-            return run_isolated(path, settings, slot, jobs)
-        except Exception:  # a fault of the grader's: this case says so, and the others still run
-            return manager.CaseResult(path.stem, manager.FAILED, 0.0,
-                                      [f"error: the grader failed on this case:\n{traceback.format_exc().rstrip()}"],
-                                      declared_weight(path) or 0)
-        finally:
-            slots.put(slot)
+        with slots.taken() as slot:
+            try:
+                return run_isolated(path, settings, slot, jobs)
+            except Exception:
+                return failed_by_grader(path)
 
     finished: Dict[int, Any] = {}
     with ThreadPoolExecutor(jobs, thread_name_prefix="case") as pool:

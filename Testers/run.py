@@ -84,7 +84,7 @@ def load_server_module(path: Path = DEFAULT_SERVER, parser: Optional[ModuleType]
 
 def describe_load_error(path: Path, error: BaseException) -> str:
     """One line: why a server file cannot be loaded, with the file and line where that shows."""
-    if isinstance(error, FileNotFoundError):
+    if isinstance(error, FileNotFoundError) and not Path(path).is_file():  # not one the submission raised
         return f"cannot load {path}: {'it is a folder, not a file' if Path(path).is_dir() else 'no such file'}"
     if isinstance(error, SyntaxError):
         return f"cannot load {path}: {type(error).__name__}: {error.msg} ({error.filename}, line {error.lineno})"

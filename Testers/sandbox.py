@@ -1,21 +1,24 @@
-"""Shuts in the process that runs a submission's machines for one case (Testers/child.py), so that nothing
-the submission does can reach the grader. Standard library only; Linux for the namespaces and the user.
+"""The sandbox of a case: shuts in the process that runs a submission's machines (Testers/child.py), so
+that nothing the submission does can reach the grader. Standard library only; Linux for the namespaces,
+the user and the subreaper.
 
-    python3 -I -S -B Testers/sandbox.py CONFIG   CONFIG: JSON, see Testers/isolation.py's Stage.config
-    python3 -I -S -B Testers/sandbox.py --probe  prints whether namespaces can be made here (JSON)
+    python3 -I -S -B Testers/sandbox.py --serve FD KIT   the grader's fork server, on the socket FD
+    python3 -I -S -B Testers/sandbox.py --probe          prints whether namespaces can be made here (JSON)
 
-Started by the grader (as root, or not), it forks the runner, which runs the case in the same interpreter
-once it is shut in, and mirrors how the runner ended: its exit status, or its death by a signal. Run as
-root with namespaces, it first enters new mount, network, process, IPC and
-host-name namespaces; a first child becomes their process 1, builds a root of its own (the system's
-folders read-only, a fresh /tmp, /dev and /proc, and the stage and the kit: nothing else of the machine, so
-neither the kit, nor the case files, nor the results), brings up loopback (the only network there), and
-forks the runner. When that process 1 ends, the kernel ends every process left in the namespace, however
-it forked or hid (setsid). Without namespaces this process is a child subreaper instead: whatever the
-runner leaves behind is reparented here and killed, by user id when it runs as one of its own.
+The grader (Testers/isolation.py) starts one fork server per run, which imports the kit once and forks a
+process for each case (run_one). That process forks the runner, which runs the case in the same
+interpreter once it is shut in, and ends as the runner ended: its exit status, or its death by a signal.
+Run as root with namespaces, it first enters new mount, network, process, IPC and host-name namespaces; a
+first child becomes their process 1, builds a root of its own (the system's folders read-only, a fresh
+/tmp, /dev and /proc, the stage and the kit's copy: nothing else of the machine, so neither the kit's
+folder, nor the case files, nor the results), brings up loopback (the only network there), and forks the
+runner. When that process 1 ends, the kernel ends every process left in the namespace, however it forked
+or hid (setsid). Without namespaces the case's process is a child subreaper instead: whatever the runner
+leaves behind is reparented there and killed, and, run as a user of its own, every process of that user.
 
 The runner gets resource limits (memory, processes, open files, file size, no core files), its own
-session, and, given a user id, no privileges: no groups, that user and group, and no new privileges.
+session, no descriptor but its standard ones and its report, and, given a user id, no privileges: no
+groups, that user and group, and no new privileges.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC, CLONE_NEWPID, CLONE_NEWNET = 0x20000, 0
     0x40000000
 NAMESPACES = CLONE_NEWNS | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWPID | CLONE_NEWNET
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 32, 4096, 16384, 1 << 18
+MNT_DETACH = 2
 PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 36, 38
 SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
 SYSTEM_FOLDERS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")
@@ -66,6 +70,11 @@ def mount(source: Optional[str], target: str, fstype: Optional[str], flags: int,
     encode = _encoded
     _check(_libc.mount(encode(source), encode(target), encode(fstype), ctypes.c_ulong(flags), encode(data)),
            f"mount {target}")
+
+
+def unmount(target: str) -> None:
+    """Detach a mount now, and drop it once nothing uses it any more."""
+    _check(_libc.umount2(target.encode(), MNT_DETACH), f"umount {target}")
 
 
 def prctl(option: int, value: int) -> None:
@@ -170,6 +179,9 @@ def become_runner(config: Dict[str, Any]) -> NoReturn:
     in this very interpreter, which saves starting another."""
     try:
         os.setsid()
+        # Nothing of the sandbox's own (a status pipe, a descriptor before it was moved to 0-3) may reach the
+        # submission: it could forge how its case ended.
+        os.closerange(REPORT_FD + 1, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
         limits = config["limits"]
         mib = 1 << 20
         resource.setrlimit(resource.RLIMIT_AS, (limits["memory_mib"] * mib,) * 2)
@@ -194,35 +206,41 @@ def become_runner(config: Dict[str, Any]) -> NoReturn:
     run_case(Path(config["stage"]), REPORT_FD)
 
 
-def kill_leftovers(uid: Optional[int]) -> None:
-    """Without namespaces: end every process the runner left. They were reparented to this subreaper;
-    run as a user of its own, everything of that user's goes too (a process may also have slipped
-    through as a daemon of another parent's)."""
+def kill_descendants() -> None:
+    """End every process below this one and reap it: a child subreaper, whatever a runner left was
+    reparented here, however it forked or hid (setsid)."""
     for _ in range(100):
-        if uid is not None:
-            killer = os.fork()
-            if killer == 0:
-                try:
-                    os.setuid(uid)
-                    os.kill(-1, signal.SIGKILL)  # every process of this user but the killer itself
-                finally:
-                    os._exit(0)
-            os.waitpid(killer, 0)
         descendants = _descendants(os.getpid())
         for pid in descendants:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        while True:  # reap what was reparented here
+        while True:
             try:
                 pid, _ = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 break
             if pid == 0:
                 break
-        if not descendants and (uid is None or not _processes_of(uid)):
+        if not descendants:
             return
+
+
+def kill_user(uid: int) -> None:
+    """End every process of a sandbox's user id, wherever it hangs in the tree: a process of that user
+    signals them all but itself (kill -1). Only from a process with one thread: it forks."""
+    for _ in range(100):
+        if not _processes_of(uid):
+            return
+        killer = os.fork()
+        if killer == 0:
+            try:
+                os.setuid(uid)
+                os.kill(-1, signal.SIGKILL)
+            finally:
+                os._exit(0)
+        os.waitpid(killer, 0)
 
 
 def _parents() -> Dict[int, int]:
@@ -273,9 +291,18 @@ def mirror(status: int) -> NoReturn:
 
 
 def run_one(config: Dict[str, Any]) -> NoReturn:
-    """In a process forked for one case: shut the runner in, and end as it ended."""
+    """In a process forked for one case: shut the runner in, and end as it ended. SIGTERM (the grader
+    ending the case) ends the runner and all it started."""
     os.setsid()  # out of the fork server's process group, which a runner could signal
-    stage = config["stage"]
+    below: List[int] = []  # the process to end on SIGTERM, once forked
+
+    def end_below(number: int, frame: Any) -> None:
+        for pid in below:  # the wait below then returns, and what the runner left is ended
+            os.kill(pid, signal.SIGKILL)
+        if not below:
+            os._exit(128 + number)
+
+    signal.signal(signal.SIGTERM, end_below)
     if config["namespaces"]:
         unshare(NAMESPACES)
         read, write = os.pipe()
@@ -283,11 +310,12 @@ def run_one(config: Dict[str, Any]) -> NoReturn:
         if init == 0:  # process 1 of the new namespaces
             os.close(read)
             try:
-                prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # the grader ends this process: everything ends
-                build_jail(stage, config["kit"], config["prefixes"], config["limits"]["file_mib"])
+                prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # run_one ends: the namespace and all in it end
+                build_jail(config["stage"], config["kit"], config["prefixes"], config["limits"]["file_mib"])
                 loopback_up()
                 runner = os.fork()
                 if runner == 0:
+                    os.close(write)
                     become_runner(config)
                 while True:  # reap whatever is reparented here until the runner ends
                     pid, status = os.wait()
@@ -297,8 +325,8 @@ def run_one(config: Dict[str, Any]) -> NoReturn:
             except BaseException:
                 traceback.print_exc()
             os._exit(0)  # and the kernel ends every process left in the namespace
+        below.append(init)
         os.close(write)
-        signal.signal(signal.SIGTERM, lambda number, frame: os.kill(init, signal.SIGKILL))
         with os.fdopen(read, "rb") as answer:
             said = answer.read()
         os.waitpid(init, 0)
@@ -307,14 +335,16 @@ def run_one(config: Dict[str, Any]) -> NoReturn:
     runner = os.fork()
     if runner == 0:
         become_runner(config)
-    signal.signal(signal.SIGTERM, lambda number, frame: os.kill(runner, signal.SIGKILL))
+    below.append(runner)
     while True:
         try:
             pid, status = os.waitpid(runner, 0)
             break
         except InterruptedError:
             continue
-    kill_leftovers(config["uid"])
+    kill_descendants()
+    if config["uid"] is not None:
+        kill_user(config["uid"])
     mirror(status)
 
 
@@ -325,7 +355,10 @@ def serve(channel: socket.socket, kit: str) -> None:
 
     The grader sends a case's config (JSON) with two descriptors, its report pipe and its output pipe; this
     answers {"case": N, "pid": P} at once, and {"case": N, "status": S} (as os.waitpid gives it) at its end.
-    When the grader closes the channel, every case still running is ended."""
+    {"kill": N, "signal": S, "user": U or null} ends case N's process if it has not ended yet (only this
+    process knows that, since it reaps them: a pid reaped may be another process's soon) and, given a
+    user id, every process of that user. When the grader closes the channel, every case still running is
+    ended, and so is anything a case left that was reparented here."""
     sys.path.insert(0, kit)
     import Testers.child
     import Testers.run  # noqa: F401
@@ -333,6 +366,9 @@ def serve(channel: socket.socket, kit: str) -> None:
     def send(message: Dict[str, Any]) -> None:
         channel.sendall(json.dumps(message).encode())
 
+    subreaper = sys.platform.startswith("linux")
+    if subreaper:  # what a case's process leaves when a runner kills it (it can, run as the same user) ends here
+        prctl(PR_SET_CHILD_SUBREAPER, 1)
     woken, wake = os.pipe()
     os.set_blocking(wake, False)
     signal.set_wakeup_fd(wake)
@@ -342,18 +378,31 @@ def serve(channel: socket.socket, kit: str) -> None:
         ready, _, _ = select.select([channel.fileno(), woken], [], [])
         if woken in ready:
             os.read(woken, 4096)
-            while cases:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+            while True:
+                try:
+                    pid, status = os.waitpid(-1, os.WNOHANG)
+                except ChildProcessError:
+                    break
                 if pid == 0:
                     break
-                send({"case": cases.pop(pid), "status": status})
+                if pid in cases:  # else an orphan reparented here
+                    send({"case": cases.pop(pid), "status": status})
         if channel.fileno() in ready:
             message, descriptors, _, _ = socket.recv_fds(channel, 1 << 16, 2)
             if not message:
                 for pid in cases:
                     os.kill(pid, signal.SIGTERM)
+                if subreaper:
+                    kill_descendants()
                 return
-            config = json.loads(message)
+            request = json.loads(message)
+            if "kill" in request:
+                for pid, number in cases.items():
+                    if number == request["kill"]:
+                        os.kill(pid, request["signal"])
+                if request["user"] is not None:
+                    kill_user(request["user"])
+                continue
             pid = os.fork()
             if pid == 0:
                 signal.set_wakeup_fd(-1)
@@ -363,11 +412,11 @@ def serve(channel: socket.socket, kit: str) -> None:
                 os.dup2(descriptors[1], 1)
                 os.dup2(descriptors[1], 2)
                 os.dup2(descriptors[0], REPORT_FD)
-                run_one(config)
+                run_one(request)
             for descriptor in descriptors:
                 os.close(descriptor)
-            cases[pid] = config["case"]
-            send({"case": config["case"], "pid": pid})
+            cases[pid] = request["case"]
+            send({"case": request["case"], "pid": pid})
 
 
 def main() -> None:

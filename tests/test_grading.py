@@ -391,3 +391,75 @@ if os.fork() == 0:
         assert not marker.exists(), "a process the submission left outlived its case"
     finally:
         shutil.rmtree(kit)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or SYSTEM_PYTHON is None,
+                    reason="needs root, and a python3 every user may run for a user of its own without namespaces")
+def test_as_root_without_namespaces_each_case_runs_as_a_user_of_its_own_and_ends_with_all_it_left(
+        tmp_path: Path) -> None:
+    # As in a container that forbids namespaces: the cases of two at once must not end each other.
+    cases = case_folder(tmp_path)
+    for name in ("4_2_chat_1_hop", "5_1_status_welcome"):
+        shutil.copy(ROOT / "TestCases" / f"{name}.cfg", cases)
+    daemon = written(tmp_path, "daemon", misbehaving(tmp_path, tmp_path / "r.json")["leaves a daemon"])
+    for server, expected in ((ROOT / "ChatServer.py", 15), (daemon, 0)):
+        results = tmp_path / f"{server.parent.name}.json"
+        with subprocess.Popen([SYSTEM_PYTHON, str(ROOT / "ChatTestManager.py"), "--server", str(server), "--cases",
+                               str(cases), "--gradescope", str(results), "--logs", str(tmp_path / "Logs"),
+                               "--sandbox", "user", "-j", "2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) as process:
+            output, _ = process.communicate(timeout=300)
+        assert "Isolation not applied (--sandbox user): a network of its own" in output, output
+        assert json.loads(results.read_text())["score"] == expected, output
+        users = range(sandbox_uid(0, process.pid), sandbox_uid(0, process.pid) + 64)
+        assert not [pid for pid in os.listdir("/proc") if pid.isdigit() and _owner(pid) in users], output
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root could run a submission as root")
+def test_as_root_a_submission_never_runs_as_root_unless_asked(tmp_path: Path) -> None:
+    hidden = not probe("user").own_user  # this interpreter lies where not every user may run it
+    results = tmp_path / "results.json"
+    run = grade(ROOT / "ChatServer.py", case_folder(tmp_path), results, "--sandbox", "user")
+    if hidden:
+        assert run.returncode == 2 and "cannot sandbox a submission here" in run.stderr and "it would run as root" \
+            in run.stderr, run.stdout + run.stderr
+        assert json.loads(results.read_text())["score"] == 0
+    else:
+        assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_what_a_child_sends_back_cannot_break_the_grader_the_results_or_the_csv(tmp_path: Path) -> None:
+    # Forged reports, written at import on the report's descriptor (3): nested past any parser's depth, a
+    # lone surrogate, a spreadsheet formula and a terminal escape in a reason, a record that is no record.
+    forged = {
+        "nested": 'import os\nos.write(3, b\'{"event": "record", "record": \' + b"[" * 200000 + b"\\n")\n',
+        "surrogate": 'import os, json\nos.write(3, (json.dumps({"event": "load_failed", "problem":'
+                     ' "=HYPERLINK(\\"x\\") \\ud800 \\x1b[2J"}) + "\\n").encode())\nos._exit(0)\n',
+        "garbage": EMPTY + 'import os\nos.write(3, b\'{"event": "record", "record": {"machines": 5}}\\n\')\n',
+    }
+    folder = tmp_path / "class"
+    for name, source in forged.items():
+        written(folder, name, source)
+    grades = tmp_path / "grades.csv"
+    run = subprocess.run([sys.executable, str(ROOT / "ChatTestManager.py"), "--grade-folder", str(folder), "--csv",
+                          str(grades), "--logs", str(tmp_path / "Logs"), *CASES], capture_output=True, text=True,
+                         timeout=300)
+    assert run.returncode == 0 and "Traceback" not in run.stdout + run.stderr, run.stdout + run.stderr
+    assert "\x1b" not in run.stdout, "a submission's text reached the terminal unescaped"
+    with open(grades, newline="", encoding="utf-8") as file:
+        rows = {row["student"]: row for row in csv.DictReader(file)}
+    assert set(rows) == set(forged) and all(row["total"] == "0" for row in rows.values()), rows
+    assert rows["surrogate"]["problem"].startswith("'=HYPERLINK"), rows["surrogate"]
+    for name in forged:
+        assert run.stdout.count(f"] {name}: 0/10") == 1, run.stdout
+
+
+def test_a_submission_that_is_a_link_is_not_followed(tmp_path: Path) -> None:
+    link = tmp_path / "sub" / "ChatServer.py"
+    link.parent.mkdir()
+    link.symlink_to(ROOT / "ChatServer.py")  # our server, which would pass every case
+    results = tmp_path / "results.json"
+    run = grade(link, case_folder(tmp_path), results)
+    assert run.returncode == 2 and f"cannot load {link}: it is a link; only a file is graded" in run.stderr, \
+        run.stdout + run.stderr
+    assert json.loads(results.read_text())["score"] == 0
