@@ -316,7 +316,7 @@ _CONTROLS.update({code: f"\\u{code:04x}" for code in [0x061C, 0x200E, 0x200F, *r
 ECHO_LIMIT = 200  # in a terminal, the echo of a longer text of ours shows this many characters of it
 
 
-def unsent_bytes(sock: socket.socket) -> int:  # ChatServer has its copy: it stands alone (a test keeps them equal)
+def unsent_bytes(sock: socket.socket) -> int:  # Testers/quiet.py reads a server's sockets with it too
     """Bytes given to this socket that its kernel has not sent yet (Nagle's algorithm, or a full
     window, holds them back); Linux can say, elsewhere 0. Sent bytes are at once readable at a peer
     on the same machine, so only these are on their way unseen."""

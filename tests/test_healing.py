@@ -259,10 +259,10 @@ def test_a_reconnect_that_is_refused_is_tried_again_and_the_server_runs_on(start
     try:
         third, _ = uplink.accept()  # tried again, after the backoff
     except TimeoutError:
-        pytest.fail(f"B never tried again after the refusal; it stopped: {b.join_failure}")
+        pytest.fail(f"B never tried again after the refusal; it stopped: {b.uplink.failure}")
     third.sendall(ServerRegistrationMessage.bytes(1, 1, "A", ""))
     wait_for(lambda: b.adjacent_server_ids == [1], "B to join A once more")
-    assert b.thread.is_alive() and b.join_failure is None, f"B must run on; it stopped: {b.join_failure}"
+    assert b.thread.is_alive() and b.uplink.failure is None, f"B must run on; it stopped: {b.uplink.failure}"
     for sock in (first, second, third, uplink):
         sock.close()
 
@@ -314,7 +314,7 @@ def test_failed_reconnects_are_logged_at_debug_level_only(started, tmp_path: Pat
                                    log_file=str(log)))
     wait_for(lambda: 1 in second.hosts_db, "b to join a")
     first.stop()
-    wait_for(lambda: second.reconnect_tries >= 4, "b to try a again four times")
+    wait_for(lambda: second.uplink.tries >= 4, "b to try a again four times")
     text = log.read_text()
     assert "server a (1)" in text and "could not reach" not in text and "unregistered peer" not in text, \
         f"expected the lost link logged and no line per failed try; the log says:\n{text}"

@@ -101,8 +101,13 @@ BUSY_SERVER = """
 from ChatServerBase import CRCServer as Ours
 
 class CRCServer(Ours):
-    def is_quiet(self):
-        return False  # always something to do, as far as it says
+    @property
+    def serving(self):
+        return False  # never seen serving, so never quiet
+
+    @serving.setter
+    def serving(self, value):
+        pass
 """
 
 
@@ -141,16 +146,17 @@ def test_a_wait_lasts_through_a_hold_down_that_ends_within_it(tmp_path: Path) ->
     assert 3 < result.waits[3].took < 6, f"the WAIT past the hold-down should last until it ends: {result.waits[3]}"
 
 
-MUTE_SERVER_NOTE = "cannot say whether it is quiet"
+MUTE_SERVER_NOTE = "is not built as ours, and cannot be seen to be quiet"
 
 
 def mute_server(folder: Path) -> Path:
-    """Our server without is_quiet(), as a submission written for the course's kit would be."""
+    """Our server with nothing our quiet waits read under the names they read, as a submission written
+    for the course's kit would be."""
     source = (ROOT / "ChatServer.py").read_text(encoding="utf-8")
-    assert "def is_quiet(" in source
+    assert "self.serving = " in source
     path = folder / "mute" / "ChatServer.py"
     path.parent.mkdir()
-    path.write_text(source.replace("def is_quiet(", "def _not_offered("), encoding="utf-8")
+    path.write_text(source.replace(".serving", ".in_the_loop"), encoding="utf-8")
     return path
 
 

@@ -401,14 +401,15 @@ def test_a_peer_refused_while_not_reading_is_closed_after_a_grace(network):
     wait_for(quiet, "A to be quiet, not spinning on a link it no longer reads")
 
 
-def test_a_chat_handler_put_on_the_object_sees_every_chat(network):
+def test_a_chat_handler_put_on_the_object_and_in_message_handlers_sees_every_chat(network):
     a = network.server(id=1, servername="A")
     seen = []
 
     def recording_handler(io_device, message):
         seen.append(message.content)
 
-    a.server.handle_client_chat_message = recording_handler  # as a course's test might, after construction
+    a.server.handle_client_chat_message = recording_handler  # as a course's test might, after construction,
+    a.server.message_handlers[0x81] = recording_handler  # with the entry the template's dispatch reads
     left, right = RawPeer.client(a.port, 10, "left"), RawPeer.client(a.port, 11, "right")
     right.wait_for(lambda m: m, "right's welcome")
     left.wait_for(lambda m: len(m) >= 2, "right to be announced")

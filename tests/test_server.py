@@ -365,7 +365,7 @@ def test_a_server_that_cannot_listen_frees_what_it_opened_before_it_raises() -> 
         with pytest.raises(OSError, match="cannot listen on 127.0.0.1"):
             server.run()
     assert server.sel.get_map() is None, "the selector must be closed"
-    assert server.waker.fileno() == -1 and server.wake_reader.fileno() == -1, "the waking pair must be closed"
+    assert server.waker.writer.fileno() == -1 and server.waker.reader.fileno() == -1, "the waking pair must be closed"
 
 
 def test_a_link_that_fed_several_slow_servers_is_read_again_only_once_all_have_caught_up():
@@ -376,15 +376,17 @@ def test_a_link_that_fed_several_slow_servers_is_read_again_only_once_all_have_c
             theirs = socket.create_connection(listener.getsockname())
             pairs.append((listener.accept()[0], theirs))
     try:
-        reader, slow, slower = links = [Link(ours, server.sel, ServerConnectionData(n, f"s{n}", ""), False, 1 << 16)
-                                        for n, (ours, _) in enumerate(pairs, 2)]
+        reader, slow, slower = links = [Link(server, ours, False) for ours, _ in pairs]
+        for number, link in enumerate(links, 2):
+            link.attach(ServerConnectionData(number, f"s{number}", ""))
         server.links.update(links)
-        server.overfed.update({slow, slower})  # one chunk from the reader took both past their high-water mark
-        server.hold_back(reader)
+        server.reading = reader  # one chunk from the reader takes both past their high-water mark
+        server.congested(slow)
+        server.congested(slower)
         assert reader.state == PAUSED
-        server.release_held_back(slow)
+        server.drained(slow)
         assert reader.state == PAUSED, "the slower server has not caught up yet"
-        server.release_held_back(slower)
+        server.drained(slower)
         assert reader.state == OPEN
     finally:
         for ours, theirs in pairs:

@@ -196,7 +196,7 @@ def server() -> Iterator[CRCServer]:
     hub = CRCServer(options, run_on_localhost=True)
     thread = threading.Thread(target=hub.run, daemon=True)
     thread.start()
-    wait_until(lambda: hub.listening, lambda: "expected the server to listen; it does not")
+    wait_until(lambda: hub.server_socket is not None, lambda: "expected the server to listen; it does not")
     yield hub
     hub.request_terminate = True
     thread.join(DEADLINE_SECONDS)
