@@ -1,22 +1,12 @@
 """Reference server for Clemson Relay Chat (CRC): the course's ChatServer.py template, completed.
 
 Servers join into a spanning tree; clients attach to any server. Every server keeps the whole network
-in `hosts_db` (each other machine, with the adjacent machine that leads to it), floods changes along
-the tree and routes chats hop by hop. One `selectors` loop over non-blocking sockets, no threads. This
-file imports only the standard library and the contract's names from ChatMessageParser, so it can be
-dropped alone into the course's kit.
-
-How to read it: `CRCServer` first, the template's methods in the template's order, then ours. Under it
-the pieces it is made of: `FrameCutter` (bytes in, messages out), `Link` (one socket and its output
-for its whole life), `Uplink` (the link we opened to join a network), `RoutingTable` and `Timers`. Then
-the command line. ARCHITECTURE.md draws the data path.
-
-Words. A *link* is a socket to an adjacent machine; a *host* is an entry in `hosts_db`; a host's
-*first link* is the adjacent host its messages go through. A link *pauses* (is not read) while a slow
-server link it feeds catches up; a lost link's hosts are *held* (kept, with no word to anyone) for
---split-hold seconds, then they *depart*: forgotten, with a quit sent on for each.
-
-A link's states are the constants CONNECTING, OPEN, PAUSED, CLOSING and CLOSED below.
+in `hosts_db`, floods changes along the tree and routes chats hop by hop: one `selectors` loop over
+non-blocking sockets. It imports only the standard library and the contract's names from
+ChatMessageParser, so it can be dropped alone into the course's kit. `CRCServer` comes first, the
+template's methods in the template's order, then ours; under it `FrameCutter`, `Link`, `Uplink`,
+`RoutingTable`, `Timers` and `Waker`; then the command line. ARCHITECTURE.md draws the data path and
+names the words used here (link, host, first link, pause, hold, depart).
 """
 
 from __future__ import annotations
@@ -32,7 +22,7 @@ import socket
 import struct
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Dict, List, NoReturn, Optional, Set, Tuple, Union
 
@@ -48,28 +38,15 @@ from ChatMessageParser import (
 
 # The server must stand alone in the course's kit, whose parser offers only the contract's names, so it
 # repeats the protocol's constants and layouts; tests/test_server_framing.py keeps them equal to the codec's.
-SERVER_REGISTRATION = 0x00
-STATUS_UPDATE = 0x01
-SERVER_QUIT = 0x02
-CLIENT_REGISTRATION = 0x80
-CLIENT_CHAT = 0x81
-CLIENT_QUIT = 0x82
-
-STATUS_WELCOME = 0x00
-STATUS_UNKNOWN_ID = 0x01
-STATUS_DUPLICATE_ID = 0x02
-STATUS_PROTOCOL_ERROR = 0x03
+SERVER_REGISTRATION, STATUS_UPDATE, SERVER_QUIT = 0x00, 0x01, 0x02
+CLIENT_REGISTRATION, CLIENT_CHAT, CLIENT_QUIT = 0x80, 0x81, 0x82
+STATUS_WELCOME, STATUS_UNKNOWN_ID, STATUS_DUPLICATE_ID, STATUS_PROTOCOL_ERROR = 0x00, 0x01, 0x02, 0x03
 
 # Per type: the header's size, and the offset of its 4-byte content length (None: a registration,
 # whose name and info lengths follow the two ids).
 FRAME_LAYOUTS: Dict[int, Tuple[int, Optional[int]]] = {
-    SERVER_REGISTRATION: (12, None),
-    STATUS_UPDATE: (15, 11),
-    SERVER_QUIT: (13, 9),
-    CLIENT_REGISTRATION: (12, None),
-    CLIENT_CHAT: (13, 9),
-    CLIENT_QUIT: (9, 5),
-}
+    SERVER_REGISTRATION: (12, None), STATUS_UPDATE: (15, 11), SERVER_QUIT: (13, 9),
+    CLIENT_REGISTRATION: (12, None), CLIENT_CHAT: (13, 9), CLIENT_QUIT: (9, 5)}
 LAST_HOP = slice(5, 9)  # where a registration keeps its last hop id
 CHAT_HEADER_SIZE = FRAME_LAYOUTS[CLIENT_CHAT][0]
 _CHAT_HEADER = struct.Struct("!BIII")  # type, source id, destination id, content length
@@ -77,7 +54,7 @@ _CONTENT_LENGTH = struct.Struct("!I")
 _NAME_AND_INFO_LENGTHS = struct.Struct("!BH")
 
 DEFAULT_MAX_FRAME_SIZE = 64 * 1024  # for frames with a 4-byte length; a registration's fields bound its size
-DEFAULT_SPLIT_HOLD = 5.0  # seconds a lost link's hosts stay known before their departure is announced
+DEFAULT_SPLIT_HOLD = 5.0  # seconds a lost link's hosts are held before their departure is announced
 DEFAULT_REGISTER_TIMEOUT = 10.0  # seconds a new connection has to register
 DEFAULT_MAX_OUTPUT = 8 * 1024 * 1024  # unsent bytes one link may pile up before it is dropped
 DEFAULT_STALL_TIMEOUT = 30.0  # seconds a server link others wait for may go without taking any bytes
@@ -91,11 +68,9 @@ RECEIVE_SIZE = 256 * 1024  # one read per ready link per loop turn, so that no p
 SELECT_TIMEOUT = 0.1  # request_terminate must be noticed within about 0.1 s (setting it also wakes the loop)
 KEEPALIVE_IDLE = 10  # seconds a link may be silent before the kernel starts probing whether its peer is there
 KEEPALIVE_INTERVAL = 5  # seconds between probes; three unanswered probes and the link fails
-
 WAKE_UP = "wake up"  # the selector's data for the socket that wakes the loop (see Waker)
 
-# How a registration fits what a server knows (see CRCServer.place).
-NEW, AGAIN, BACK, TAKEN = "new", "again", "back", "taken"
+NEW, AGAIN, BACK, TAKEN = "new", "again", "back", "taken"  # how a registration fits what we know (see place)
 
 # A link's states. CONNECTING: our uplink, opened again without waiting, until the connection completes.
 # OPEN: read and written. PAUSED: written, not read (backpressure). CLOSING: written until its last
@@ -184,36 +159,25 @@ def parse_message(frame: bytes) -> Message:
 
 @dataclass
 class Settings:
-    """What a server takes from its options beyond the template's (the command line's limits)."""
-    bind_address: str
-    tracing: bool  # print the trace: in a test harness, or with -v
-    verbose: bool
-    max_frame_size: int
-    split_hold: float
-    register_timeout: float
-    max_output: int
-    stall_timeout: float
+    """What a server reads from its options beyond the template's: the command line's, each option
+    read with getattr, since the course's options object has none of them."""
+    bind: str = ""
+    verbose: bool = False
+    trace: Optional[bool] = None  # print the trace; by default in a test harness, or with -v
+    max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
+    split_hold: float = DEFAULT_SPLIT_HOLD
+    register_timeout: float = DEFAULT_REGISTER_TIMEOUT
+    max_output: int = DEFAULT_MAX_OUTPUT
+    stall_timeout: float = DEFAULT_STALL_TIMEOUT
     goodbye: bool = False  # set by Ctrl-C or SIGTERM: announce our departure before closing
 
     @classmethod
     def read(cls, options: object, run_on_localhost: bool) -> Settings:
-        def option(name: str, default: Any) -> Any:
-            value = getattr(options, name, None)
-            return default if value is None else value
-        verbose, trace = bool(option("verbose", False)), getattr(options, "trace", None)
-        return cls("127.0.0.1" if run_on_localhost else option("bind", ""),
-                   (run_on_localhost or verbose) if trace is None else bool(trace), verbose,
-                   option("max_frame_size", DEFAULT_MAX_FRAME_SIZE), option("split_hold", DEFAULT_SPLIT_HOLD),
-                   option("register_timeout", DEFAULT_REGISTER_TIMEOUT), option("max_output", DEFAULT_MAX_OUTPUT),
-                   option("stall_timeout", DEFAULT_STALL_TIMEOUT))
-
-    @property
-    def high_water(self) -> int:
-        return min(HIGH_WATER, self.max_output // 4)
-
-    @property
-    def low_water(self) -> int:
-        return min(LOW_WATER, self.high_water // 4)
+        given = {field.name: getattr(options, field.name, None) for field in fields(cls)}
+        settings = cls(**{name: value for name, value in given.items() if value is not None})
+        settings.bind = "127.0.0.1" if run_on_localhost else settings.bind
+        settings.trace = run_on_localhost or settings.verbose if settings.trace is None else settings.trace
+        return settings
 
 
 # ----------------------------------------------------------------------------------------- the server
@@ -276,7 +240,7 @@ class CRCServer:
         self.print_info("Configuring the server socket...")
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # rerun on the same port at once
-        address = self.settings.bind_address
+        address = self.settings.bind
         try:
             sock.bind((address, self.port))
         except OSError as error:
@@ -359,7 +323,7 @@ class CRCServer:
         """Cut the bytes received on a link into whole messages, and hand each to its handler through
         message_handlers. A message that breaks the protocol closes the link with a status saying why."""
         link: Link = io_device.data.link
-        handlers, tracing = self.message_handlers, self.settings.tracing
+        handlers, tracing = self.message_handlers, self.settings.trace
         self.reading = link
         try:
             for message in link.cutter.feed(recv_data):
@@ -384,7 +348,7 @@ class CRCServer:
         if link is None or link.state not in TAKES_OUTPUT:
             self.logger.debug("no open link toward %d; dropped a message of type 0x%02x", destination_id, message[0])
             return False
-        if self.settings.tracing:
+        if self.settings.trace:
             self.print_info(f'Sending message to Host ID #{link.record.id} "{message!r}"')  # type: ignore[union-attr]
         link.queue(message)
         return True
@@ -404,7 +368,7 @@ class CRCServer:
         link: Link = io_device.data.link
         if link.state not in TAKES_OUTPUT:
             return
-        if self.settings.tracing:
+        if self.settings.trace:
             self.print_info(f'Sending message to an unknown IO device "{message!r}"')
         link.queue(message)
 
@@ -530,7 +494,7 @@ class CRCServer:
 
     def print_info(self, msg: str) -> None:
         """A line of the trace: printed as the course's reference prints it when tracing, always logged."""
-        if self.settings.tracing:
+        if self.settings.trace:
             print(f"[{self.server_name}] \t{msg}")
         self.logger.info(msg, extra={"trace": True})
 
@@ -612,14 +576,11 @@ class CRCServer:
                                     f" hop, not {last_hop_id}")
 
     def place(self, newcomer: HostData, record: ConnectionData) -> str:
-        """How a registration for `newcomer`, arriving on `record`'s link, fits what we know: NEW, AGAIN
-        (known through this same link: a merge or a rejoin announces it once more; the entry is
-        refreshed), BACK (the same kind of machine, known through a lost link whose hosts are held: it came
-        back this way, and takes its place without a departure) or TAKEN (our own id, known through
-        another open link, or held for a machine of the other kind). A neighbour registering itself
-        again is a protocol error: its entry would become a host behind itself."""
+        """How a registration arriving on `record`'s link fits what we know: NEW; AGAIN (known through this
+        link: a merge or a rejoin announces it again); BACK (held for a lost link: it takes its place with
+        no departure); TAKEN (our id, reached through another open link, or held for the other kind)."""
         host = self.hosts_db.get(newcomer.id)
-        if host is record:
+        if host is record:  # its entry would become a host behind itself
             raise ProtocolViolation(f"{record.id} registered itself already")
         if newcomer.id == self.id:
             return TAKEN
@@ -632,10 +593,8 @@ class CRCServer:
         return TAKEN
 
     def refuse_or_ignore(self, io_device: selectors.SelectorKey, host_id: int, text: str) -> None:
-        """A registration for an id that is taken. From a peer introducing itself: refused over its own
-        link with destination 0, and the link closed. From a neighbour announcing a host behind it (two
-        networks merging, and both have that id): that one host is not taken in or passed on; the link
-        and every other host stay, and the neighbour, seeing ours, does the same."""
+        """A taken id. A peer introducing itself is refused, and its link closed; a host behind a neighbour
+        (two networks merging) is left out, and the neighbour, seeing ours, does the same."""
         if type(io_device.data) is ServerConnectionData:
             host = self.hosts_db.get(host_id)
             route = "ourselves" if host is None else describe(host.link.record if host.link else None)
@@ -690,11 +649,10 @@ class CRCServer:
         return link
 
     def rest_listening_socket(self, error: OSError) -> None:
-        """Out of file descriptors: the connection waits in the listening socket's backlog, which stays
-        readable, so the loop would spin on it. It is not watched for ACCEPT_PAUSE seconds; the links we
-        have are served meanwhile, and accepting starts again once descriptors are free."""
+        """Out of file descriptors, the listening socket stays readable and the loop would spin on it: it
+        rests for ACCEPT_PAUSE seconds while the links we have are served."""
         listening = self.server_socket
-        if ("accept", None) in self.timers or listening is None:
+        if ("accept", None) in self.timers.due or listening is None:
             return
         self.logger.warning("cannot accept a connection (%s); trying again in %g s", error.strerror, ACCEPT_PAUSE)
         self.sel.unregister(listening)
@@ -713,19 +671,18 @@ class CRCServer:
             link.wait_for_writable()
 
     def congested(self, link: Link) -> None:
-        """A link's output passed its high-water mark (the link says so). A client, or a server that
-        takes nothing, is dropped at the output cap; a slow but live server link pauses the link whose
-        bytes fed it, until it is down to its low-water mark (see drained)."""
+        """A link's output passed its high-water mark. At the output cap it is dropped; a server link
+        below it pauses the link whose bytes fed it, until it is drained."""
         reader = self.reading
         if len(link.record.write_buffer) > self.settings.max_output:
             self.disconnect(link, f"more than {self.settings.max_output} bytes of output waiting: the peer"
                                   " stopped reading")
         elif type(link.record) is ServerConnectionData and reader not in (None, link) and reader.state in TAKES_OUTPUT:
             if reader.state == OPEN:
-                reader.pause()
+                reader.set_state(PAUSED)
             if reader not in link.paused_readers:
                 link.paused_readers.append(reader)
-            if ("stall", link) not in self.timers:
+            if ("stall", link) not in self.timers.due:
                 self.start_stall_timer(link)
 
     def start_stall_timer(self, link: Link) -> None:
@@ -739,7 +696,7 @@ class CRCServer:
         for reader in link.paused_readers:
             if reader.state == PAUSED and not any(reader in other.paused_readers for other in self.links
                                                   if other is not link):
-                reader.resume()
+                reader.set_state(OPEN)
         link.paused_readers.clear()
         self.timers.cancel(("stall", link))
 
@@ -825,15 +782,9 @@ def describe(record: Optional[ConnectionData]) -> str:
 # --------------------------------------------------------------------------- under the template
 
 class FrameCutter:
-    """Cuts one connection's byte stream into whole frames and reads each as a message: bytes in,
-    messages out (each with its exact frame as `.bytes`), no sockets.
-
-    Frames may arrive cut anywhere and glued together; `feed` returns a message for every frame that is
-    now whole and keeps the rest. An unknown type or a 4-byte length above the limit is known as soon as
-    the header is in, and a frame the parser refuses as soon as it is whole: the messages before it are
-    still returned, `problem` says what is wrong, and the cutter takes nothing more (the stream has lost
-    its framing).
-    """
+    """One connection's byte stream, cut anywhere and glued, in; a message for every whole frame out,
+    the rest kept. A frame that breaks the protocol sets `problem` as soon as that shows: the messages
+    before it are still returned, and the cutter takes nothing more (the stream has lost its framing)."""
 
     def __init__(self, max_frame_size: int) -> None:
         self.max_frame_size = max_frame_size
@@ -906,14 +857,10 @@ def keep_alive(sock: socket.socket) -> None:
 
 class Link:
     """One socket to an adjacent machine, from accept or connect until it closes: its frame cutter, its
-    output (queued, sent, closed after it is sent, its high and low water marks), the events the
-    selector watches for, and its state (CONNECTING, OPEN, PAUSED, CLOSING, CLOSED).
-
-    Its record is the selector's data for the socket: a BaseConnectionData until the peer registers,
-    then the peer's host record (see attach). The output is the record's write_buffer. The link tells
-    its server when the output passes the high-water mark (congested), is down to the low-water mark
-    again (drained), or when the socket fails (disconnect), as an asyncio transport tells its protocol.
-    """
+    output (the record's write_buffer: queued, flushed, closed after it is sent), the selector's events
+    and its state. Its record (the selector's data) is a BaseConnectionData until the peer registers.
+    As an asyncio transport tells its protocol, it tells the server when its output is congested (past
+    the high-water mark), drained (down to the low-water mark) or its socket fails (disconnect)."""
 
     def __init__(self, server: CRCServer, sock: socket.socket, outbound: bool, connecting: bool = False) -> None:
         sock.setblocking(False)
@@ -927,7 +874,8 @@ class Link:
         self.io_device = selectors.SelectorKey(sock, sock.fileno(), 0, self.record)  # the selector's key
         self.outbound = outbound  # the link this server opened to join a network
         self.cutter = FrameCutter(server.settings.max_frame_size)
-        self.high_water, self.low_water = server.settings.high_water, server.settings.low_water
+        self.high_water = min(HIGH_WATER, server.settings.max_output // 4)
+        self.low_water = min(LOW_WATER, self.high_water // 4)
         self.state = CONNECTING if connecting else OPEN
         self.waits_for_writable = connecting  # the socket took less than we had, or is not connected yet
         self.paused_readers: List[Link] = []  # links paused until this one's output drains
@@ -992,15 +940,6 @@ class Link:
         self.state = CLOSED
         self.record.write_buffer.clear()
 
-    def connected(self) -> None:
-        self.set_state(OPEN)
-
-    def pause(self) -> None:
-        self.set_state(PAUSED)
-
-    def resume(self) -> None:
-        self.set_state(OPEN)
-
     def wait_for_writable(self) -> None:
         self.waits_for_writable = True
         self.update_interest()
@@ -1027,9 +966,8 @@ class Link:
 
 
 class Uplink:
-    """The link this server opens to join a network, for its whole life: the first join, a refusal,
-    and, once it is lost, the tries to open it again, with a backoff that starts over once we are taken
-    in. Not in a test harness, unless asked: nothing the course grades may change because of it."""
+    """The link this server opens to join a network: the first join, a refusal, and once it is lost the
+    tries to open it again (not in a test harness, unless asked: nothing the course grades may change)."""
 
     def __init__(self, server: CRCServer, options: object, run_on_localhost: bool) -> None:
         self.server = server
@@ -1041,10 +979,7 @@ class Uplink:
         self.joined = False  # the server we joined took us in once: a failure now is a reconnect's
         self.stop_if_join_fails = not run_on_localhost and not getattr(options, "alone_if_join_fails", False)
         self.failure: Optional[str] = None  # why the server stopped, when joining failed
-
-    @property
-    def where(self) -> str:
-        return f"{self.server.connect_to_host}:{self.server.connect_to_port}"
+        self.where = f"{server.connect_to_host}:{server.connect_to_port}"
 
     def address(self) -> Tuple[str, int]:
         return self.server.connect_to_host_addr or "localhost", int(self.server.connect_to_port or 0)
@@ -1077,11 +1012,9 @@ class Uplink:
             self.tries = 0
 
     def failed(self, why: str, refused: bool = False) -> None:
-        """The server to join cannot be reached or refused us. In a test harness, and with
-        --alone-if-join-fails, we run on as a network of our own (the course's reference does), and try
-        again later unless refused; from the command line that is an error, and we stop (main() says why).
-        Once we have joined, a failure is a reconnect's: it is tried again, even when refused (the server
-        may still hold our old link), and the link's close schedules the try."""
+        """The server to join cannot be reached or refused us: from the command line we stop; in a test
+        harness, or with --alone-if-join-fails, we run alone (and try again unless refused). Once joined,
+        a failure is a reconnect's, tried again even when refused (the server may hold our old link)."""
         logger = self.server.logger
         if self.joined:
             logger.error("%s; trying again", why)
@@ -1102,9 +1035,7 @@ class Uplink:
             self.schedule()
 
     def schedule(self) -> None:
-        """The first try within `first` seconds, then twice as long after each failure up to `longest`,
-        each wait between half and all of that (jitter: servers cut off together do not all come back
-        at once)."""
+        """Within `first` seconds, doubling per failure up to `longest`, with jitter (half to all of it)."""
         delay = min(self.longest, self.first * 2 ** self.tries) * random.uniform(0.5, 1)
         self.tries += 1
         self.server.logger.debug("trying %s again in %.1f s (try %d)", self.where, delay, self.tries)
@@ -1138,7 +1069,7 @@ class Uplink:
             self.server.disconnect(link, f"could not reach {self.where}: {os.strerror(error)}", logging.DEBUG)
             return
         self.server.logger.debug("reached %s again; registering", self.where)
-        link.connected()
+        link.set_state(OPEN)
         link.flush()  # our registration
 
 
@@ -1187,9 +1118,6 @@ class Timers:
 
     def __init__(self) -> None:
         self.due: Dict[TimerKey, Tuple[float, Callable[[], None]]] = {}
-
-    def __contains__(self, key: TimerKey) -> bool:
-        return key in self.due
 
     def start(self, key: TimerKey, seconds: float, action: Callable[[], None]) -> None:
         """Start, or restart, the timer called `key`."""
@@ -1275,45 +1203,38 @@ def text(limit: int, may_be_empty: bool = True) -> Callable[[str], str]:
 
 def parse_arguments(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = ArgumentParser(prog="ChatServer.py", description="Run a Clemson Relay Chat server.")
-    parser.add_argument("--id", type=number(int, 1, 0xFFFFFFFF), help="this server's id (default: random)")
-    parser.add_argument("--servername", required=True, type=text(0xFF, may_be_empty=False),
-                        help="this server's name, at most 255 bytes")
-    parser.add_argument("--port", type=number(int, 0, 65535), required=True,
-                        help="port to listen on (0: any free port)")
-    parser.add_argument("--info", default="", type=text(0xFFFF), help="a line about this server")
-    parser.add_argument("--connect_to_host", help="host of a server to join (default localhost)")
-    parser.add_argument("--connect_to_port", type=number(int, 1, 65535), help="port of a server to join")
-    parser.add_argument("--alone-if-join-fails", dest="alone_if_join_fails", action="store_true",
-                        help="if the server to join cannot be reached or refuses us, start a network of our own"
-                             " instead of stopping with an error")
-    parser.add_argument("--no-reconnect", dest="reconnect", action="store_false",
-                        help="do not open the link to the server we joined again when it is lost")
-    parser.add_argument("--reconnect-first", dest="reconnect_first", type=number(float, 0.01, 3600, " s"),
-                        default=DEFAULT_RECONNECT_FIRST, metavar="SECONDS",
-                        help="try a lost link again within this long (default %(default)g) ...")
-    parser.add_argument("--reconnect-max", dest="reconnect_max", type=number(float, 0.01, 3600, " s"),
-                        default=DEFAULT_RECONNECT_MAX, metavar="SECONDS",
-                        help="... then twice as long after each failed try, up to this (default %(default)g)")
-    parser.add_argument("--bind", default="", help="address to listen on (default: all interfaces)")
-    parser.add_argument("--log-file", dest="log_file",
-                        help="also write the log to this file (a relative path is in Logs/ beside this server)")
-    parser.add_argument("-v", "--verbose", action="store_true",
-                        help="print the trace of every message on stdout, as the course's reference does")
-    parser.add_argument("--split-hold", dest="split_hold", type=number(float, 0, float("inf"), " s"),
-                        default=DEFAULT_SPLIT_HOLD, metavar="SECONDS", help="how long the hosts behind a lost link"
-                        " stay known before their departure is announced (default %(default)g; 0: at once)")
-    parser.add_argument("--register-timeout", dest="register_timeout", type=number(float, 0.001, float("inf"), " s"),
-                        default=DEFAULT_REGISTER_TIMEOUT, metavar="SECONDS",
-                        help="drop a connection that has not registered by then (default %(default)g)")
-    parser.add_argument("--max-output", dest="max_output", type=number(int, 1, float("inf"), " bytes"),
-                        default=DEFAULT_MAX_OUTPUT, metavar="BYTES",
-                        help="drop a peer whose unsent output grows past this (default %(default)d)")
-    parser.add_argument("--stall-timeout", dest="stall_timeout", type=number(float, 0.001, float("inf"), " s"),
-                        default=DEFAULT_STALL_TIMEOUT, metavar="SECONDS", help="drop a server link that takes no"
-                        " bytes for this long while others wait for it (default %(default)g)")
-    parser.add_argument("--max-frame-size", dest="max_frame_size", type=number(int, 16, float("inf"), " bytes"),
-                        default=DEFAULT_MAX_FRAME_SIZE, metavar="BYTES",
-                        help="refuse a chat, status or quit that declares more bytes (default %(default)d)")
+    add = parser.add_argument
+    add("--id", type=number(int, 1, 0xFFFFFFFF), help="this server's id (default: random)")
+    add("--servername", required=True, type=text(0xFF, may_be_empty=False), help="this server's name (1-255 bytes)")
+    add("--port", type=number(int, 0, 65535), required=True, help="port to listen on (0: any free port)")
+    add("--info", default="", type=text(0xFFFF), help="a line about this server")
+    add("--connect_to_host", help="host of a server to join (default localhost)")
+    add("--connect_to_port", type=number(int, 1, 65535), help="port of a server to join")
+    add("--alone-if-join-fails", action="store_true", help="if the server to join cannot be reached or refuses us,"
+        " start a network of our own instead of stopping with an error")
+    add("--no-reconnect", dest="reconnect", action="store_false",
+        help="do not open the link to the server we joined again when it is lost")
+    add("--bind", default="", help="address to listen on (default: all interfaces)")
+    add("--log-file", help="also write the log to this file (a relative path is in Logs/ beside this server)")
+    add("-v", "--verbose", action="store_true", help="print the trace of every message on stdout, as the course's"
+        " reference does")
+    for flag, kind, low, high, default, meaning in (
+            ("--reconnect-first", float, 0.01, 3600, DEFAULT_RECONNECT_FIRST, "try a lost link again within this long"),
+            ("--reconnect-max", float, 0.01, 3600, DEFAULT_RECONNECT_MAX, "then twice as long after each failed try,"
+             " up to this"),
+            ("--split-hold", float, 0, float("inf"), DEFAULT_SPLIT_HOLD, "how long the hosts behind a lost link are"
+             " held before their departure is announced (0: at once)"),
+            ("--register-timeout", float, 0.001, float("inf"), DEFAULT_REGISTER_TIMEOUT, "drop a connection that has"
+             " not registered by then"),
+            ("--max-output", int, 1, float("inf"), DEFAULT_MAX_OUTPUT, "drop a peer whose unsent output grows past"
+             " this"),
+            ("--stall-timeout", float, 0.001, float("inf"), DEFAULT_STALL_TIMEOUT, "drop a server link that takes no"
+             " bytes for this long while others wait for it"),
+            ("--max-frame-size", int, 16, float("inf"), DEFAULT_MAX_FRAME_SIZE, "refuse a chat, status or quit that"
+             " declares more bytes")):
+        unit, metavar, shown = (" s", "SECONDS", "%(default)g") if kind is float else (" bytes", "BYTES", "%(default)d")
+        add(flag, type=number(kind, low, high, unit), default=default, metavar=metavar,
+            help=f"{meaning} (default {shown})")
     options = parser.parse_args(argv)
     if options.connect_to_host is not None and options.connect_to_port is None:
         parser.error("--connect_to_host: needs --connect_to_port, the port of the server to join")
@@ -1323,10 +1244,8 @@ def parse_arguments(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 
 class StartUpHeld(logging.Filter):
-    """The console log of a server started from the command line. Its start-up lines wait until it
-    serves, so that a server that cannot start (its port in use, its join failed) says why in one line,
-    main()'s, and nothing else; the log file has them all. Trace lines never show here: -v prints the
-    trace on stdout, and without -v there is none."""
+    """The command line's console log: no trace lines (-v prints them on stdout), and the start-up lines
+    only once the server serves, so that one that cannot start says why in main()'s one line."""
 
     def __init__(self, server: CRCServer, console: logging.Handler) -> None:
         super().__init__()

@@ -176,3 +176,18 @@ def test_a_handler_patched_in_message_handlers_and_restored_gives_the_server_bac
         assert [chat.content for chat in right.of_type(ClientChatMessage)] == ["restored"]
     finally:
         server.stop()
+
+
+def test_init_sets_the_templates_attributes_and_at_most_twelve_of_ours(unstarted: CRCServer) -> None:
+    ours = sorted(set(vars(unstarted)) - set(TEMPLATE_ATTRIBUTES))
+    assert len(ours) <= 12, f"expected at most 12 attributes beyond the template's 16, found {len(ours)}: {ours}"
+
+
+def test_every_method_of_ours_is_called_by_the_server_itself() -> None:
+    # A method that only the test manager, the benchmarks or the tests call belongs with them, not here.
+    source = (ROOT / "ChatServer.py").read_text(encoding="utf-8")
+    template_names = {name for name, _ in TEMPLATE_METHODS}
+    ours = [name for name, member in vars(CRCServer).items()
+            if callable(member) and not name.startswith("__") and name not in template_names]
+    unused = [name for name in ours if source.count(f".{name}") == 0]
+    assert ours and not unused, f"expected every method of ours to be used in ChatServer.py; not used: {unused}"
