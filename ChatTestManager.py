@@ -62,8 +62,8 @@ if str(KIT_DIR) not in sys.path:  # so the kit's own modules import when this fi
 
 # Ours is imported first and stays in sys.modules, so our client and testers keep our parser even
 # when a submission brings its own.
-import ChatClient  # noqa: E402
 import ChatMessageParser  # noqa: E402,F401
+import ChatTerminal  # noqa: E402
 from Testers import ports  # noqa: E402
 from Testers.cases import Case, declared_weight, load_case, select_cases  # noqa: E402
 from Testers.checker import Verdict, check_final_state  # noqa: E402
@@ -411,7 +411,7 @@ def parse_args(argv: Optional[List[str]] = None, prog: str = "ChatTestManager.py
                                              f" not {text!r}")
         return int(low), int(high)
 
-    parser = ChatClient.ArgumentParser(prog=prog, description="Run CRC scenario test cases.")
+    parser = ChatTerminal.ArgumentParser(prog=prog, description="Run CRC scenario test cases.")
     parser.add_argument("names", nargs="*",
                         help="run only these cases: names, starts of names, or paths to .cfg files")
     parser.add_argument("--cases", type=Path, default=DEFAULT_CASES_DIR, help="folder of .cfg case files")

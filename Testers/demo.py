@@ -12,9 +12,10 @@ import threading
 import time
 from typing import Any, Callable, Dict, List, Optional
 
-from ChatClient import CRCClient, describe_event
+from ChatClient import CRCClient
 from ChatMessageParser import Message
 from ChatServer import CRCServer
+from ChatTerminal import describe_event
 from Testers.drawing import MachineView, draw_network
 from Testers.keys import FUNCTIONALITY, keys_for
 from Testers.quiet import ServerProbe, wait_until_quiet
