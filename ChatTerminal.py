@@ -93,18 +93,24 @@ def gnu_readline() -> Optional[ctypes.CDLL]:
     return library if all(hasattr(library, name) for name in wanted) else None
 
 
-# The signals with which the listener wakes the main thread (see Screen and TerminalChat.on_disconnect).
-WAKE_SIGNALS = {getattr(signal, name) for name in ("SIGUSR1", "SIGUSR2") if hasattr(signal, name)}
+# The one signal with which the listener thread wakes the main thread (see Screen.wake); None where
+# there are no POSIX signals.
+WAKE_SIGNAL: Optional[int] = getattr(signal, "SIGUSR1", None) if hasattr(signal, "pthread_kill") else None
+
+# What the main thread is doing with the terminal (Screen.state). OUTSIDE: not reading a line, so lines
+# are printed as they come. READING: in input(), the prompt not drawn yet. EDITING: in input(), GNU
+# readline has drawn the prompt, and the line being typed is on the bottom row.
+OUTSIDE, READING, EDITING = "outside", "reading", "editing"
 
 
 @contextmanager
-def wake_signals_held() -> Iterator[None]:
-    """While the main thread writes to the terminal, the wake-up signals wait: one that interrupts a
+def wake_signal_held() -> Iterator[None]:
+    """While the main thread writes to the terminal, the wake-up signal waits: one that interrupts a
     large write loses the rest of it (CPython drops it without a word)."""
-    if not hasattr(signal, "pthread_sigmask"):
+    if WAKE_SIGNAL is None or not hasattr(signal, "pthread_sigmask"):
         yield
         return
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, WAKE_SIGNALS)
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {WAKE_SIGNAL})
     try:
         yield
     finally:
@@ -119,26 +125,27 @@ class Screen:
     def __init__(self, interactive: bool) -> None:
         self.interactive = interactive
         self.prompt = "> " if interactive else ""
-        self.typing = False  # the main thread is in input(), where a line is being typed
-        self.drawn = False  # ... and readline has drawn the prompt (prompt_drawn)
-        self.in_input = False  # the main thread waits in input(), outside our code (see TerminalChat.run)
+        self.state = OUTSIDE
+        self.gone = False  # the server ended the connection: a wake ends the wait for a line (ServerGone)
         self.lock = threading.Lock()
         # GNU readline can clear and redraw the line being edited, but its state is the main thread's
-        # alone (it edits without Python's lock held): lines for it to print wait here, and a signal
-        # has the main thread print them between two keys (show_waiting), once the prompt is drawn.
+        # alone (it edits without Python's lock held): lines for it to print wait here, and the wake-up
+        # signal has the main thread print them between two keys (on_wake), once the prompt is drawn.
         self.gnu = None
         if interactive and readline is not None and hasattr(readline, "set_pre_input_hook") \
-                and hasattr(signal, "SIGUSR2"):
+                and WAKE_SIGNAL is not None:
             self.gnu = gnu_readline()
         self.waiting: List[str] = []
         if self.gnu is not None:
             readline.set_pre_input_hook(self.prompt_drawn)  # type: ignore[union-attr]
-            signal.signal(signal.SIGUSR2, lambda signal_number, frame: self.show_waiting())
+        if WAKE_SIGNAL is not None:
+            signal.signal(WAKE_SIGNAL, self.on_wake)
 
     def say(self, text: str) -> None:
         wake_main_thread = False
         with self.lock:
-            if not self.typing:
+            typing = self.interactive and self.state != OUTSIDE
+            if not typing:
                 self.waiting.append(text)
                 self.print_waiting()
             elif self.gnu is not None:  # the listener's line, while the main thread waits in input()
@@ -150,31 +157,40 @@ class Screen:
                 # (a typed line wider than the terminal, or a cursor moved back, is not redrawn right).
                 sys.stdout.write(f"\r\x1b[K{text}\n{self.prompt}{typed}")
                 sys.stdout.flush()
-        # Once the lock is free for show_waiting to take; and again until the lines are shown, since a
+        # Once the lock is free for on_wake to take; and again until the lines are shown, since a
         # signal that comes just before readline starts to wait is seen only at the next key.
-        while wake_main_thread and self.waiting and self.typing:
-            signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGUSR2)
+        while wake_main_thread and self.waiting and self.state != OUTSIDE:
+            self.wake()
             time.sleep(REDRAW_WAKE_SECONDS)
 
+    def wake(self) -> None:
+        """From the listener thread: have the main thread look at the screen (on_wake)."""
+        if WAKE_SIGNAL is not None:
+            signal.pthread_kill(threading.main_thread().ident or 0, WAKE_SIGNAL)
+        else:  # no POSIX signals here: a KeyboardInterrupt is how the main thread can be woken
+            _thread.interrupt_main()
+
+    def on_wake(self, signal_number: int, frame: object) -> None:
+        """In the main thread, on the wake-up signal. While readline edits the line, Python runs this only
+        between two keys (or in prompt_drawn), never inside readline's own work. Once the server has gone,
+        it ends the wait for a line with ServerGone, and read_line's finally sets the screen right; else
+        it shows the waiting lines above the typed one. Never while our code holds the lock: then the
+        lines wait for read_line, and a departure is woken again."""
+        if not self.lock.acquire(blocking=False):
+            return
+        try:
+            if self.gone and self.state != OUTSIDE:
+                raise ServerGone()
+            if self.state == EDITING:
+                self.redraw_with_waiting()
+        finally:
+            self.lock.release()
+
     def print_waiting(self) -> None:
-        with wake_signals_held():
+        with wake_signal_held():
             sys.stdout.write("".join(line + "\n" for line in self.waiting))
             sys.stdout.flush()  # through a pipe, output must not wait in a buffer
         self.waiting.clear()
-
-    def show_waiting(self) -> None:
-        """In the main thread, on the listener's signal, while readline edits the line: Python runs a
-        signal's handler only between two keys there (or in prompt_drawn), never inside readline's
-        own work. If our code holds the lock, the lines wait for read_line."""
-        in_input, self.in_input = self.in_input, False  # no ServerGone while this holds the lock
-        try:
-            if self.typing and self.drawn and self.lock.acquire(blocking=False):
-                try:
-                    self.redraw_with_waiting()
-                finally:
-                    self.lock.release()
-        finally:
-            self.in_input = in_input
 
     def redraw_with_waiting(self) -> None:
         """In the main thread, lock held, while the user types: the waiting lines above the typed line."""
@@ -186,7 +202,7 @@ class Screen:
             return
         # Readline knows how many rows the line takes and where its cursor is: it clears them all, and
         # draws them again under the lines with the cursor where it was.
-        with wake_signals_held():
+        with wake_signal_held():
             self.gnu.rl_clear_visible_line()
             self.gnu.fflush(None)  # readline writes through C's buffered stdout, before the lines
             self.print_waiting()
@@ -195,23 +211,26 @@ class Screen:
 
     def prompt_drawn(self) -> None:
         """Run by readline inside input() once the prompt is on the screen (an exception here is lost)."""
-        self.drawn = True
-        self.show_waiting()  # lines that came while the prompt was being drawn
+        if self.state == READING:
+            self.state = EDITING
+        if self.lock.acquire(blocking=False):  # lines that came while the prompt was being drawn
+            try:
+                self.redraw_with_waiting()
+            finally:
+                self.lock.release()
 
     def read_line(self) -> str:
         """The user's next line; EOFError at the end of input."""
         with self.lock:
-            self.typing, self.drawn = self.interactive, False
+            self.state = READING
         ended_mid_line = False
         try:
-            self.in_input = True
             return input(self.prompt)
         except BaseException:  # ServerGone, Ctrl-C or Ctrl-D: what follows goes under the prompt's row
             ended_mid_line = self.interactive
             raise
         finally:
-            self.in_input = False
-            self.typing = False  # readline is done with the line: no more redraws
+            self.state = OUTSIDE  # readline is done with the line: no more redraws, no ServerGone
             with self.lock:
                 if ended_mid_line:
                     self.waiting.insert(0, "")
@@ -234,7 +253,6 @@ class TerminalChat:
         self.last_writer: Optional[int] = None  # whom /reply answers
         self.unfinished: Dict[int, List[ClientChatMessage]] = {}  # sender -> the parts of a long chat so far
         self.last_event = time.monotonic()
-        self.main_thread = threading.main_thread()
         self.wakeable = False  # the main thread is in run()'s loop, and is woken if the server goes
         # Held while a chat is sent and echoed, and while an event is shown: an answer to the chat (an
         # Unknown ID, say), which can come before the echo is printed, waits and comes after it.
@@ -276,10 +294,8 @@ class TerminalChat:
         may be waiting for the user's line, to say so and end. Again every WAKE_SECONDS until it has:
         a signal that comes just before the main thread starts to wait does not interrupt the wait."""
         while self.wakeable:
-            if hasattr(signal, "pthread_kill") and hasattr(signal, "SIGUSR1"):
-                signal.pthread_kill(self.main_thread.ident or 0, signal.SIGUSR1)
-            else:  # no POSIX signals here: a KeyboardInterrupt is how the main thread can be woken
-                _thread.interrupt_main()
+            self.screen.gone = True
+            self.screen.wake()
             time.sleep(WAKE_SECONDS)
 
     def warn_if_not_welcomed(self) -> None:
@@ -291,17 +307,8 @@ class TerminalChat:
 
     def run(self) -> int:
         """Returns the exit status: 0 after /quit or end of input, 1 if the server went away, 130 on Ctrl-C."""
-        def server_gone(signal_number: int, frame: object) -> None:
-            # Only while the main thread waits in input(): there the exception ends the wait, and
-            # read_line()'s finally sets the screen right. Raised anywhere else, it could land while
-            # the screen's lock is held, and the last line, "Disconnected", would wait for it forever.
-            # Out of input(), the loop's own test of client.connected notices; on_disconnect wakes
-            # again until then.
-            if self.screen.in_input:
-                raise ServerGone()
-
-        if hasattr(signal, "SIGUSR1"):
-            signal.signal(signal.SIGUSR1, server_gone)
+        # The server's departure ends a wait for the user's line (Screen.on_wake); out of input(), the
+        # loop's own test of client.connected notices, and on_disconnect wakes again until then.
         self.client.on_disconnect = self.on_disconnect
         welcome_check = threading.Timer(NO_WELCOME_SECONDS, self.warn_if_not_welcomed)
         welcome_check.daemon = True
