@@ -19,6 +19,7 @@ from ChatMessageParser import ClientRegistrationMessage, ServerRegistrationMessa
 from ChatServer import PAUSED, BaseConnectionData, CRCServer, Link
 from Testers.quiet import ServerProbe
 
+ROOT = Path(__file__).resolve().parent.parent  # the kit
 DEADLINE = 10.0  # seconds a test waits for something that should happen at once on loopback
 
 

@@ -24,7 +24,6 @@ from ChatMessageParser import (
 )
 
 pytestmark = pytest.mark.timeout(120)
-ROOT = Path(__file__).resolve().parent.parent
 
 
 CHAT = [

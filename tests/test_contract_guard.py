@@ -19,10 +19,10 @@ from types import ModuleType
 from typing import List
 
 import pytest
+from netkit import ROOT
 
 import ChatMessageParser as our_parser
 
-ROOT = Path(__file__).resolve().parent.parent
 CONTRACT_PARSER = Path(__file__).resolve().parent / "contract_parser" / "ChatMessageParser.py"
 
 # The contract's names, and each builder's parameters in order.

@@ -17,14 +17,13 @@ from pathlib import Path
 from typing import Any, Dict
 
 import pytest
-from netkit import write_case
+from netkit import ROOT, write_case
 
 import ChatTestManager as manager
 from ChatMessageParser import ServerRegistrationMessage
 from ChatServer import CRCServer
 from CRCTestManager import CRCTestManager
 
-ROOT = Path(__file__).resolve().parent.parent
 CASES = manager.select_cases(ROOT / "TestCases", [])
 HOSTS = ["theshire", "rivendell", "mordor", "gondor"]
 

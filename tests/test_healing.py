@@ -16,7 +16,7 @@ import signal
 import socket
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Dict, List
 
 import pytest
 from netkit import RawPeer, RunningServer, ServerProcess, wait_for
@@ -32,7 +32,6 @@ from ChatMessageParser import (
 from Testers.ports import block as port_block
 
 pytestmark = pytest.mark.timeout(180)
-ROOT = Path(__file__).resolve().parent.parent
 QUICK = ["--reconnect-first", "0.2", "--reconnect-max", "0.5"]  # tries again within 0.2 s, then every 0.5 s
 
 
@@ -44,27 +43,6 @@ def free_port() -> int:
 
 def registered(peer: RawPeer) -> List[int]:
     return [message.source_id for message in peer.of_type(ClientRegistrationMessage)]
-
-
-@pytest.fixture
-def started():
-    """Start things with started(thing); each is stopped at the end."""
-    things: List[Any] = []
-
-    def start(thing: Any) -> Any:
-        things.append(thing)
-        return thing
-
-    yield start
-    for thing in things:
-        if isinstance(thing, ServerProcess):
-            thing.kill()
-        elif isinstance(thing, CRCClient):
-            thing.stop()
-        elif isinstance(thing, RawPeer):
-            thing.close()
-        else:
-            thing.stop()
 
 
 @pytest.mark.parametrize("away", ["within the hold-down", "longer than the hold-down"])

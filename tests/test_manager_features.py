@@ -14,15 +14,13 @@ from pathlib import Path
 from typing import Dict, List
 
 import pytest
-from netkit import submission, write_case
+from netkit import ROOT, submission, write_case
 
 import ChatTestManager as manager
 from Testers import ports as port_tools
 from Testers.drawing import MachineView, draw_network
 from Testers.ports import PortBlock, port_block
 from Testers.reports import gradescope_results, junit_xml
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def chat_case(wait: float) -> List[str]:

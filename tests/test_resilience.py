@@ -13,12 +13,11 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from netkit import RawPeer, RunningServer, ServerProcess, paused_links, unregistered_links, wait_for
+from netkit import ROOT, RawPeer, RunningServer, ServerProcess, paused_links, unregistered_links, wait_for
 
 from ChatClient import CRCClient
 from ChatMessageParser import (
@@ -32,41 +31,29 @@ from ChatMessageParser import (
 from ChatServer import WAKE_UP
 
 pytestmark = pytest.mark.timeout(90)
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture
-def network():
-    """Start servers, server processes and clients; everything is stopped at the end of the test."""
-    running: list = []
+def network(started):
+    """Start servers (no hold-down unless asked), server processes and clients; each is stopped at the end."""
 
     class Network:
         def server(self, **options) -> RunningServer:
             options.setdefault("split_hold", 0)
-            running.append(RunningServer(**options))
-            return running[-1]
+            return started(RunningServer(**options))
 
         def process(self, *arguments: str) -> ServerProcess:
-            running.append(ServerProcess(*arguments))
-            return running[-1]
+            return started(ServerProcess(*arguments))
 
         def client(self, server, client_id: int, name: str) -> CRCClient:
             options = argparse.Namespace(id=client_id, serverhost="127.0.0.1", serverport=server.port,
                                          username=name, info="", log_file=None)
-            client = CRCClient(options, run_on_localhost=True)
+            client = started(CRCClient(options, run_on_localhost=True))
             client.run()
-            running.append(client)
             wait_for(lambda: client.status_updates_log, f"{name} to be welcomed")
             return client
 
-    yield Network()
-    for thing in running:
-        if isinstance(thing, ServerProcess):
-            thing.kill()
-        elif isinstance(thing, CRCClient):
-            thing.stop()
-        else:
-            thing.stop()
+    return Network()
 
 
 def protocol_errors(peer: RawPeer) -> list[str]:

@@ -7,10 +7,9 @@ import signal
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-from netkit import DEADLINE, RawPeer, RunningServer, server_options, wait_for
+from netkit import DEADLINE, ROOT, RawPeer, RunningServer, server_options, wait_for
 
 from ChatMessageParser import (
     ClientChatMessage,
@@ -22,22 +21,6 @@ from ChatMessageParser import (
 from ChatServer import OPEN, PAUSED, CRCServer, Link, ServerConnectionData
 
 pytestmark = pytest.mark.timeout(60)
-ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def servers():
-    """Start servers with start(**options); every one is stopped at the end of the test."""
-    started: list[RunningServer] = []
-
-    def start(**options) -> RunningServer:
-        server = RunningServer(**options)
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
 
 
 def welcome(name: str) -> str:

@@ -11,13 +11,11 @@ from typing import Any, List
 from unittest import mock
 
 import pytest
-from netkit import RawPeer, RunningServer, server_options, wait_for
+from netkit import ROOT, RawPeer, RunningServer, server_options, wait_for
 
 import ChatServer
 from ChatMessageParser import ClientChatMessage
 from ChatServer import CRCServer
-
-ROOT = Path(__file__).resolve().parent.parent
 
 # The template's methods, in its order, each with its parameters (the contract's "The course's template").
 TEMPLATE_METHODS = [
