@@ -4,10 +4,11 @@ wait_for and the rest) are in netkit.py, which the tests import."""
 
 from __future__ import annotations
 
+import argparse
 from typing import Any, Iterator, List
 
 import pytest
-from netkit import RawPeer, RunningServer, ServerProcess
+from netkit import RawPeer, RunningServer, ServerProcess, wait_for
 
 from ChatClient import CRCClient
 
@@ -50,3 +51,28 @@ class Servers(List[RunningServer]):
 def servers(started: Any) -> Servers:
     """Start servers with servers(**options); every one is stopped at the end of the test."""
     return Servers(started)
+
+
+# ----------------------------------------------- a network of servers, server processes and clients
+
+@pytest.fixture
+def network(started):
+    """Start servers (no hold-down unless asked), server processes and clients; each is stopped at the end."""
+
+    class Network:
+        def server(self, **options) -> RunningServer:
+            options.setdefault("split_hold", 0)
+            return started(RunningServer(**options))
+
+        def process(self, *arguments: str) -> ServerProcess:
+            return started(ServerProcess(*arguments))
+
+        def client(self, server, client_id: int, name: str) -> CRCClient:
+            options = argparse.Namespace(id=client_id, serverhost="127.0.0.1", serverport=server.port,
+                                         username=name, info="", log_file=None)
+            client = started(CRCClient(options, run_on_localhost=True))
+            client.run()
+            wait_for(lambda: client.status_updates_log, f"{name} to be welcomed")
+            return client
+
+    return Network()

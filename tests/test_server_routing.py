@@ -1,4 +1,6 @@
-"""The reference server over real loopback sockets: real servers in threads, peers speaking raw frames."""
+"""The reference server's routing over real loopback sockets: real servers in threads, peers speaking raw
+frames; joins, floods, chats hop by hop, refusals (a duplicate id two hops away too), and a chat between
+two clients of one server that never leaves it."""
 
 from __future__ import annotations
 
@@ -376,3 +378,40 @@ def test_a_link_that_fed_several_slow_servers_is_read_again_only_once_all_have_c
             ours.close()
             theirs.close()
         server.sel.close()
+
+
+# ----------------------------------------------- a duplicate id far away, a chat that stays at home
+
+def test_a_server_whose_id_is_taken_two_hops_away_is_refused() -> None:
+    a = RunningServer(id=1, servername="A")
+    b = RunningServer(id=2, servername="B", parent=a)
+    c = RunningServer(id=3, servername="C", parent=b)
+    twin = None
+    try:
+        wait_for(lambda: 1 in c.hosts_db, "C to know A, two hops away")
+        twin = RunningServer(id=1, servername="twin", parent=c)
+        wait_for(lambda: twin.status_updates_log, "the twin to hear why it was refused")
+        assert twin.status_updates_log == ["A machine has already registered with ID 1"]
+        assert c.adjacent_server_ids == [2] and c.hosts_db[1].server_name == "A"
+    finally:
+        for server in (twin, c, b, a):
+            if server is not None:
+                server.stop()
+
+
+def test_a_chat_between_two_clients_of_one_server_never_leaves_it() -> None:
+    hub = RunningServer(id=1, servername="hub")
+    try:
+        upstream = RawPeer.server(hub.port, 9, "upstream")  # a neighbour that sees everything sent its way
+        upstream.wait_for(lambda m: m, "the hub's registration")
+        left, right = RawPeer.client(hub.port, 10, "left"), RawPeer.client(hub.port, 11, "right")
+        right.wait_for(lambda m: m, "right's welcome")
+        left.wait_for(lambda m: len(m) >= 2, "right to be announced")
+        left.send(ClientChatMessage.bytes(10, 11, "next door"))
+        right.wait_for(lambda m: right.of_type(ClientChatMessage), "the chat")
+        wait_for(hub.is_quiet, "the hub to have sent everything")
+        upstream.pump(0.2)
+        assert upstream.of_type(ClientChatMessage) == [], "a chat for a client of the same server went upstream"
+        assert upstream.of_type(ClientRegistrationMessage), "the neighbour did hear of the clients"
+    finally:
+        hub.stop()
