@@ -19,7 +19,7 @@ for a mistake in a case file. --as-course compares only the keys the course's ch
 machines it cannot find, and says which keys it left unchecked.
 
 A WAIT ends as soon as the whole network is quiet (see Testers/quiet.py), or when its time has passed;
-a server that cannot say whether it is quiet (a submission may not) gets the full time, and
+a server our probe cannot read (one not built as ours, as a submission may not be) gets the full time, and
 --strict-waits gives every WAIT its full time. Cases run in parallel worker processes (-j N, default
 one per core), each worker with its own block of ports; -j 1 runs them one by one in this process.
 
