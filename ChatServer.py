@@ -250,8 +250,8 @@ class CRCServer:
         sock.listen(128)
         sock.setblocking(False)
         self.sel.register(sock, selectors.EVENT_READ, None)
-        self.server_socket = sock
         self.port = sock.getsockname()[1]
+        self.server_socket = sock  # last: a harness waits for it, then reads the port
         self.logger.info("%s (id %d) listening on %s:%d", self.server_name, self.id, address or "*", self.port)
 
     def connect_to_server(self) -> None:
