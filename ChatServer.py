@@ -693,7 +693,7 @@ class CRCServer:
 
     def drained(self, link: Link) -> None:
         """A link is down to its low-water mark, or closed: the readers it paused are read again, each
-        once no other link holds it paused."""
+        once no other link keeps it paused."""
         for reader in link.paused_readers:
             if reader.state == PAUSED and not any(reader in other.paused_readers for other in self.links
                                                   if other is not link):
@@ -1244,7 +1244,7 @@ def parse_arguments(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return options
 
 
-class StartUpHeld(logging.Filter):
+class StartUpLinesWait(logging.Filter):
     """The command line's console log: no trace lines (-v prints them on stdout), and the start-up lines
     only once the server serves, so that one that cannot start says why in main()'s one line."""
 
@@ -1252,17 +1252,17 @@ class StartUpHeld(logging.Filter):
         super().__init__()
         self.server = server
         self.console = console
-        self.held: Optional[List[logging.LogRecord]] = []  # None once the server serves
+        self.waiting: Optional[List[logging.LogRecord]] = []  # None once the server serves
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if self.held is not None and self.server.serving and not self.server.request_terminate:
-            held, self.held = self.held, None
-            for earlier in held:
+        if self.waiting is not None and self.server.serving and not self.server.request_terminate:
+            waiting, self.waiting = self.waiting, None
+            for earlier in waiting:
                 self.console.emit(earlier)
         if getattr(record, "trace", False):
             return False
-        if self.held is not None:
-            self.held.append(record)
+        if self.waiting is not None:
+            self.waiting.append(record)
             return False
         return True
 
@@ -1277,7 +1277,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     console = logging.StreamHandler(sys.stderr)
     console.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
-    console.addFilter(StartUpHeld(server, console))
+    console.addFilter(StartUpLinesWait(server, console))
     server.logger.addHandler(console)
 
     def stop(signal_number: int, _frame: object) -> None:
