@@ -221,7 +221,6 @@ class CRCServer:
         self.server_socket: Optional[socket.socket] = None  # the listening socket, from setup_server_socket()
         self.serving = False  # from the loop's first turn (after joining a network) until cleanup()
         self.reading: Optional[Link] = None  # the link whose bytes handle_messages is handling
-        self.receive_view = memoryview(bytearray(RECEIVE_SIZE))  # reused: a fresh buffer per read costs an mmap
 
     # ----------------------------------------------------------------------------- the template
 
@@ -308,16 +307,16 @@ class CRCServer:
             link.flush()
         if event_mask & selectors.EVENT_READ and link.state == OPEN:
             try:
-                received = link.sock.recv_into(self.receive_view)
+                chunk = link.sock.recv(RECEIVE_SIZE)  # (into one reused buffer instead: 0.98-1.05 in bench/run.py)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as error:
                 self.disconnect(link, f"receive failed: {error}")
                 return
-            if not received:
+            if not chunk:
                 self.disconnect(link, "connection closed by the peer")
                 return
-            self.handle_messages(io_device, bytes(self.receive_view[:received]))
+            self.handle_messages(io_device, chunk)
 
     def handle_messages(self, io_device: selectors.SelectorKey, recv_data: bytes) -> None:
         """Cut the bytes received on a link into whole messages, and hand each to its handler through
