@@ -19,7 +19,7 @@ for a mistake in a case file. --as-course compares only the keys the course's ch
 machines it cannot find, and says which keys it left unchecked.
 
 A WAIT ends as soon as the whole network is quiet (see Testers/quiet.py), or when its time has passed;
-a server that cannot say whether it is quiet (a submission may not) gets the full time, and
+a server our probe cannot read (one not built as ours, as a submission may not be) gets the full time, and
 --strict-waits gives every WAIT its full time. Cases run in parallel worker processes (-j N, default
 one per core), each worker with its own block of ports; -j 1 runs them one by one in this process.
 
@@ -69,8 +69,8 @@ if str(KIT_DIR) not in sys.path:  # so the kit's own modules import when this fi
 
 # Ours is imported first and stays in sys.modules, so our client and testers keep our parser even
 # when a submission brings its own.
-import ChatClient  # noqa: E402
 import ChatMessageParser  # noqa: E402,F401
+import ChatTerminal  # noqa: E402
 from Testers import ports  # noqa: E402
 from Testers.cases import Case, declared_weight, load_case, select_cases  # noqa: E402
 from Testers.chart import write_chart  # noqa: E402
@@ -466,7 +466,7 @@ def parse_args(argv: Optional[List[str]] = None, prog: str = "ChatTestManager.py
                                              f" not {text!r}")
         return int(low), int(high)
 
-    parser = ChatClient.ArgumentParser(prog=prog, description="Run CRC scenario test cases.")
+    parser = ChatTerminal.ArgumentParser(prog=prog, description="Run CRC scenario test cases.")
     parser.add_argument("names", nargs="*",
                         help="run only these cases: names, starts of names, or paths to .cfg files")
     parser.add_argument("--cases", type=Path, default=DEFAULT_CASES_DIR, help="folder of .cfg case files")
@@ -552,7 +552,7 @@ def report(result: CaseResult) -> None:
     """One line per finished test, and why it failed or what in its file is wrong."""
     print(f"{result.status}  {result.name}  ({result.seconds:.1f} s)", flush=True)
     for line in result.output.splitlines() if not result.passed or result.case_errors or result.logged else []:
-        print(f"      {ChatClient.printable(line)}".rstrip(), flush=True)  # a submission's text: no escapes
+        print(f"      {ChatTerminal.printable(line)}".rstrip(), flush=True)  # a submission's text: no escapes
 
 
 def _start_worker(slots: Any, count: int, port_range: Optional[Tuple[int, int]]) -> None:
@@ -656,7 +656,7 @@ def print_mutant_matrix(paths: List[Path], results: List[CaseResult], require_ki
 def refuse(paths: List[Path], problem: str, gradescope: Optional[Path]) -> int:
     """A run that cannot grade: one line (then any detail), and with --gradescope a valid results file that
     fails every test for that reason (an autograder without one shows the student only that it failed)."""
-    print(f"error: {ChatClient.printable(problem.splitlines()[0])}", file=sys.stderr)
+    print(f"error: {ChatTerminal.printable(problem.splitlines()[0])}", file=sys.stderr)
     if gradescope:
         failed = [CaseResult(path.stem, FAILED, 0.0, [f"error: {problem}"], declared_weight(path) or 0)
                   for path in paths]

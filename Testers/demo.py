@@ -12,12 +12,13 @@ import threading
 import time
 from typing import Any, Callable, Dict, List, Optional
 
-from ChatClient import CRCClient, describe_event
+from ChatClient import CRCClient
 from ChatMessageParser import Message
 from ChatServer import CRCServer
+from ChatTerminal import describe_event
 from Testers.drawing import MachineView, draw_network
 from Testers.keys import FUNCTIONALITY, keys_for
-from Testers.quiet import wait_until_quiet
+from Testers.quiet import ServerProbe, wait_until_quiet
 
 SERVERS = [(1, "alpha"), (2, "beta"), (3, "gamma")]  # a chain: each joins the one before
 CLIENTS = [(101, "alice", "alpha"), (102, "bob", "beta"), (103, "carol", "gamma")]
@@ -32,6 +33,7 @@ class Demo:
         self.pause = pause  # between steps, so that a reader can follow
         self.print_lock = threading.Lock()  # events come from the clients' listener threads
         self.servers: List[CRCServer] = []
+        self.probes: List[ServerProbe] = []  # what the quiet waits read of each server
         self.threads: List[threading.Thread] = []
         self.clients: List[CRCClient] = []
         self.homes: Dict[str, str] = {}  # client name -> server name
@@ -42,7 +44,7 @@ class Demo:
 
     def settle(self) -> None:
         """Until every message has arrived (or a few seconds), then a pause for the reader."""
-        quiet, _ = wait_until_quiet(self.servers + self.clients, SETTLE_SECONDS, threading.Event())
+        quiet, _ = wait_until_quiet(self.probes + self.clients, SETTLE_SECONDS, threading.Event())
         if not quiet:
             self.shout(f"(the network was still busy after {SETTLE_SECONDS:g} s)")
         time.sleep(self.pause)
@@ -57,10 +59,11 @@ class Demo:
         server = CRCServer(options, run_on_localhost=True)
         thread = threading.Thread(target=server.run, name=f"server {name}", daemon=True)
         self.servers.append(server)
+        self.probes.append(ServerProbe(server))
         self.threads.append(thread)
         thread.start()
         deadline = time.monotonic() + SETTLE_SECONDS
-        while not server.listening and time.monotonic() < deadline:  # port 0: its real port comes with listening
+        while server.server_socket is None and time.monotonic() < deadline:  # port 0: its real port comes with it
             time.sleep(0.001)
         self.settle()
         joined = f", joined {joins.server_name}" if joins else ", the first server"

@@ -26,7 +26,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, List, Optional, Tuple
 
-from ChatClient import printable
+from ChatTerminal import printable
 from Testers.isolation import KIT_DIR, KIT_FILES, Slots, failed_by_grader, import_problem, run_isolated
 
 SETUP = """#!/usr/bin/env bash

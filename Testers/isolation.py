@@ -50,7 +50,8 @@ from Testers.quiet import WaitRecord
 from Testers.run import Limits, RunRecord
 
 KIT_DIR = Path(__file__).resolve().parent.parent
-KIT_FILES = ("ChatClient.py", "ChatMessageParser.py", "ChatTestManager.py")  # and Testers/: never ChatServer.py
+# What a case runs with, and Testers/: never ChatServer.py, which is the answer.
+KIT_FILES = ("ChatClient.py", "ChatMessageParser.py", "ChatTerminal.py", "ChatTestManager.py")
 REPORT_LIMIT = 32 << 20  # bytes a child may send back: far above any case's state and trace (ours: 135 KB)
 LINE_LIMIT = 1 << 20  # bytes of one line a child sends, but its record
 CONTAINERS_LIMIT = 1_000_000  # JSON objects and lists in a record: what the grader's memory pays to read it

@@ -66,11 +66,11 @@ MUTANTS: List[Mutant] = [
     Mutant("duplicate-id-accepted", "a client with a taken id is accepted", "client registration",
            "        if self.place(client, record) == TAKEN:", "        if False:"),
     Mutant("refusal-not-logged", "a server refused by the one it joins does not log why", "status",
-           "            self.status_updates_log.append(message.content)\n            self.join_failed(",
-           "            self.join_failed("),
+           "            self.status_updates_log.append(message.content)\n            self.uplink.failed(",
+           "            self.uplink.failed("),
     Mutant("one-message-per-read", "only the first message of each chunk received is handled", "the loop",
-           "        for message in link.cutter.feed(recv_data):",
-           "        for message in link.cutter.feed(recv_data)[:1]:"),
+           "            for message in link.cutter.feed(recv_data):",
+           "            for message in link.cutter.feed(recv_data)[:1]:"),
 ]
 
 

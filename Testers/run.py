@@ -26,7 +26,7 @@ from Testers.cases import Case
 from Testers.chaos import ChaosRelay
 from Testers.keys import CONNECTIVITY, read_machine
 from Testers.ports import PortMap
-from Testers.quiet import WaitRecord, can_report_quiet, wait_until_quiet
+from Testers.quiet import ServerProbe, WaitRecord, can_report_quiet, wait_until_quiet
 from Testers.trace import TraceCapture, capture_stdout
 from Testers.transcript import Transcript, Wiretap, wire_transcript
 
@@ -157,6 +157,7 @@ class CaseRun:
         self.ports = PortMap(settings.keep_ports)
         self.machines: Dict[str, Tuple[str, Any]] = {}  # name -> (kind, machine), in launch order
         self.server_threads: Dict[str, threading.Thread] = {}
+        self.probes: Dict[str, ServerProbe] = {}  # the servers our quiet waits can read (Testers/quiet.py)
         self.finished = False  # every command was carried out
         self.failure = ""  # why a command failed, if one did
         self.crashes: List[str] = []  # exceptions that ended a machine's thread
@@ -220,6 +221,8 @@ class CaseRun:
         self.note(f"    {written.servername}: port {options.port}, connects to {options.connect_to_port}")
         server = self.server_class(options, run_on_localhost=True)
         name = written.servername
+        if ServerProbe.fits(server):
+            self.probes[name] = ServerProbe(server)
         logger = getattr(server, "logger", None)
         # One handler per logger: servers that share one would otherwise report each error once per server.
         if isinstance(logger, logging.Logger) and all(logger is not hooked for hooked, _ in self.loggers):
@@ -252,15 +255,15 @@ class CaseRun:
         """A WAIT: until the network is quiet or the time has passed (see Testers/quiet.py)."""
         seconds *= self.settings.slow
         started = time.monotonic()
-        running = [server for name, server in self.servers.items()
-                   if name not in self.stopped and self.server_threads[name].is_alive()]
-        mute = [name for name, server in self.servers.items() if not can_report_quiet(server)]
+        running = [self.probes[name] for name in self.servers
+                   if name not in self.stopped and self.server_threads[name].is_alive() and name in self.probes]
+        mute = [name for name in self.servers if name not in self.probes]
         if self.settings.strict_waits or mute:
             self.aborted.wait(seconds)
             if self.settings.strict_waits:
                 why = "full time (--strict-waits)"
             else:
-                why = f"full time: server {mute[0]} cannot say whether it is quiet (no is_quiet() and busy_turns)"
+                why = f"full time: server {mute[0]} is not built as ours, and cannot be seen to be quiet"
             record = WaitRecord(seconds, time.monotonic() - started, why)
         else:
             machines = running + list(self.clients.values()) + list(self.relays.values())
@@ -320,9 +323,10 @@ class CaseRun:
             thread = self.server_threads.get(name) if kind == "server" else getattr(machine, "_listener", None)
             if thread is None or not thread.is_alive():
                 continue
-            if not can_report_quiet(machine):
+            probe: Any = self.probes.get(name) if kind == "server" else machine
+            if not can_report_quiet(probe):
                 state = "cannot say whether it is quiet"
-            elif machine.is_quiet():
+            elif probe.is_quiet():
                 continue
             else:
                 state = "busy"

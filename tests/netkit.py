@@ -17,7 +17,9 @@ from typing import Any, Callable, Dict, List, Optional
 
 from ChatMessageParser import ClientRegistrationMessage, ServerRegistrationMessage, StreamDecoder
 from ChatServer import PAUSED, BaseConnectionData, CRCServer, Link
+from Testers.quiet import ServerProbe
 
+ROOT = Path(__file__).resolve().parent.parent  # the kit
 DEADLINE = 10.0  # seconds a test waits for something that should happen at once on loopback
 
 
@@ -51,6 +53,11 @@ def server_options(**overrides: Any) -> argparse.Namespace:
     return argparse.Namespace(**options)
 
 
+def listening(server: Any) -> bool:
+    """Whether a server has its listening socket (from setup_server_socket() until cleanup())."""
+    return server.server_socket is not None
+
+
 def paused_links(server: Any) -> List[Link]:
     """The links a server does not read while a server link they feed catches up (backpressure)."""
     return [link for link in list(server.links) if link.state == PAUSED]
@@ -70,12 +77,24 @@ class RunningServer:
             options["connect_to_host"] = "localhost"
             options["connect_to_port"] = options.pop("parent").port
         self.server = server_class(server_options(**options), run_on_localhost=not as_command)
+        self.probe = ServerProbe(self.server)  # what our test manager's quiet waits read (Testers/quiet.py)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
-        wait_for(lambda: self.server.listening, f"server {self.server.server_name} to listen")
+        wait_for(lambda: self.listening, f"server {self.server.server_name} to listen")
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.server, name)
+
+    @property
+    def listening(self) -> bool:
+        return listening(self.server)
+
+    def is_quiet(self) -> bool:
+        return self.probe.is_quiet()
+
+    def held_links(self) -> List[int]:
+        """The ids of the adjacent hosts whose links were lost and whose hosts are held (the hold-down)."""
+        return [key[1].record.id for key in list(self.server.timers.due) if key[0] == "hold"]
 
     def stop(self) -> None:
         self.server.request_terminate = True

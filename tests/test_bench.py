@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from netkit import ROOT
 
-KIT_DIR = Path(__file__).resolve().parent.parent
 ROWS = [  # the start of each row's name, in the order the table prints them
     "throughput, 1 server ",
     "throughput, 1 server, vs ours at ",
@@ -33,14 +33,14 @@ NUMBER = re.compile(r"^\d+(\.\d+)?$")
 def test_quick_run_prints_a_number_on_every_row(tmp_path: Path) -> None:
     markdown = tmp_path / "bench.md"
     result = subprocess.run([sys.executable, "bench/run.py", "--quick", "--markdown", str(markdown)],
-                            cwd=KIT_DIR, capture_output=True, text=True, timeout=540)
+                            cwd=ROOT, capture_output=True, text=True, timeout=540)
     assert result.returncode == 0, (
         f"expected `bench/run.py --quick` to exit 0, it exited {result.returncode};\n"
         f"stdout:\n{result.stdout}\nstderr:\n{result.stderr[-3000:]}")
     lines = result.stdout.splitlines()
     assert lines and lines[0].split()[:3] == ["benchmark", "unit", "ours"], (
         f"expected the table's header line first, got:\n{result.stdout}")
-    suite_ready = (KIT_DIR / "ChatTestManager.py").exists()
+    suite_ready = (ROOT / "ChatTestManager.py").exists()
     for name in ROWS:
         matching = [line for line in lines if line.startswith(name)]
         assert len(matching) == 1, f"expected one row starting with {name!r} in the table, got:\n{result.stdout}"
@@ -56,7 +56,7 @@ def test_quick_run_prints_a_number_on_every_row(tmp_path: Path) -> None:
 
 def test_progress_names_each_benchmark_it_runs() -> None:
     result = subprocess.run([sys.executable, "bench/run.py", "--quick", "--only", "idle,suite"],
-                            cwd=KIT_DIR, capture_output=True, text=True, timeout=120)
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, f"expected exit 0, got {result.returncode}; stderr:\n{result.stderr[-3000:]}"
     assert "== idle ==" in result.stderr and "== suite ==" in result.stderr, (
         f"expected a progress line for each chosen benchmark on stderr, got:\n{result.stderr}")
@@ -65,6 +65,6 @@ def test_progress_names_each_benchmark_it_runs() -> None:
 
 def test_unknown_benchmark_is_refused_with_the_choices() -> None:
     result = subprocess.run([sys.executable, "bench/run.py", "--only", "speed"],
-                            cwd=KIT_DIR, capture_output=True, text=True, timeout=60)
+                            cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2, f"expected a usage error (exit 2), got {result.returncode}"
     assert "throughput" in result.stderr, f"expected the list of benchmarks in the error, got:\n{result.stderr}"

@@ -13,13 +13,12 @@ from pathlib import Path
 from typing import List
 
 import pytest
-from netkit import submission, wait_for, write_case
+from netkit import ROOT, submission, wait_for, write_case
 
 import ChatTestManager as manager
 from Testers.chaos import MAX_DELAY, ChaosRelay, Pipe
 from Testers.mutants import MUTANTS
 
-ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.timeout(300)
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import List, Tuple
 
 import pytest
+from netkit import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 SERVER = ["ChatServer.py", "--servername", "a"]
 CLIENT = ["ChatClient.py", "-S", "127.0.0.1", "-P", "1"]
 LONG_NAME = "x" * 256

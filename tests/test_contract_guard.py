@@ -19,10 +19,10 @@ from types import ModuleType
 from typing import List
 
 import pytest
+from netkit import ROOT
 
 import ChatMessageParser as our_parser
 
-ROOT = Path(__file__).resolve().parent.parent
 CONTRACT_PARSER = Path(__file__).resolve().parent / "contract_parser" / "ChatMessageParser.py"
 
 # The contract's names, and each builder's parameters in order.
@@ -154,7 +154,7 @@ def test_the_whole_scenario_suite_passes_with_only_the_contracts_parser(tmp_path
                    if line and not line.startswith("*CMD ")]
     odd = [line for line in trace_lines if not TRACE_LINE.fullmatch(line)]
     assert trace_lines and not odd, f"expected only the reference's kinds of trace line, found {odd[:5]}"
-    # Still fast there: its is_quiet() needs nothing beyond the contract, so every WAIT ends on quiet.
+    # Still fast there: the quiet probe reads nothing beyond the server itself, so every WAIT ends on quiet.
     endings = [ending for log in logs.glob("*.log")
                for ending in re.findall(r"waited [\d.]+ s of [\d.]+ s: (.*)", log.read_text())]
     assert endings and set(endings) == {"the network was quiet"}, \

@@ -10,11 +10,10 @@ import sys
 from pathlib import Path
 from typing import List
 
-from netkit import write_case
+from netkit import ROOT, write_case
 
 from Testers.keys import KEYS
 
-ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 ONE_CLIENT = [
     "LAUNCHSERVER --id 1 --servername hub --port 4300",

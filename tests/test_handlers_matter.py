@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import List
 
 import pytest
+from netkit import ROOT
 
 import ChatTestManager as manager
 
-ROOT = Path(__file__).resolve().parent.parent
 CASES = ROOT / "TestCases"
 
 # Each handler, and the cases that must fail without it.

@@ -20,12 +20,11 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Iterator, List, Optional, Tuple
 
 import pytest
+from netkit import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 DEADLINE = 10.0  # seconds for anything that should happen at once between namespaces on one host
 PREFIX = f"crc-{os.getpid()}"  # namespace names carry our pid, so overlapping runs never collide
 

@@ -11,14 +11,13 @@ from pathlib import Path
 from typing import Dict, List
 
 import pytest
-from netkit import write_case
+from netkit import ROOT, write_case
 
 import ChatMessageParser
 import ChatTestManager as manager
 from Testers.checker import compare
 from Testers.ports import PortMap
 
-ROOT = Path(__file__).resolve().parent.parent
 CASES = manager.select_cases(ROOT / "TestCases", [])
 
 

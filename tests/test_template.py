@@ -11,13 +11,11 @@ from typing import Any, List
 from unittest import mock
 
 import pytest
-from netkit import RawPeer, RunningServer, server_options, wait_for
+from netkit import ROOT, RawPeer, RunningServer, server_options, wait_for
 
 import ChatServer
 from ChatMessageParser import ClientChatMessage
 from ChatServer import CRCServer
-
-ROOT = Path(__file__).resolve().parent.parent
 
 # The template's methods, in its order, each with its parameters (the contract's "The course's template").
 TEMPLATE_METHODS = [
@@ -140,10 +138,9 @@ def test_a_replaced_chat_handler_sees_every_chat_and_the_server_does_what_it_doe
     else:
         server = RunningServer(id=1, servername="A")
         replacement = lambda io_device, message: seen.append(message.content)  # noqa: E731
-        if how == "on the object":
+        if how == "on the object":  # the entry too, as the template's dispatch wants
             server.server.handle_client_chat_message = replacement
-        else:
-            server.server.message_handlers[0x81] = replacement
+        server.server.message_handlers[0x81] = replacement
     try:
         delivered = chat_between_two_clients(server)
     finally:
@@ -164,19 +161,31 @@ def test_the_real_handler_delivers_the_same_chats() -> None:
     assert [chat.content for chat in delivered] == ["hello", "again"]
 
 
-def test_a_handler_patched_on_the_object_or_the_class_and_restored_gives_the_server_back() -> None:
+def test_a_handler_patched_in_message_handlers_and_restored_gives_the_server_back() -> None:
     server = RunningServer(id=1, servername="A")
     try:
-        with mock.patch.object(server.server, "handle_client_chat_message") as on_object:
-            assert chat_between_two_clients(server) == [] and on_object.call_count == 2
-        with mock.patch.object(CRCServer, "handle_client_chat_message") as on_class:
-            left, right = RawPeer.client(server.port, 12, "left2"), RawPeer.client(server.port, 13, "right2")
-            right.wait_for(lambda m: m, "right2's welcome")
-            left.wait_for(lambda m: len(m) >= 2, "right2 to be announced")
-            left.send(ClientChatMessage.bytes(12, 13, "to the class's patch"))
-            wait_for(lambda: on_class.call_count == 1, "the handler patched on the class to see the chat")
+        with mock.patch.dict(server.server.message_handlers, {0x81: mock.Mock()}):
+            assert chat_between_two_clients(server) == [] and server.server.message_handlers[0x81].call_count == 2
+        left, right = RawPeer.client(server.port, 12, "left2"), RawPeer.client(server.port, 13, "right2")
+        right.wait_for(lambda m: m, "right2's welcome")
+        left.wait_for(lambda m: len(m) >= 2, "right2 to be announced")
         left.send(ClientChatMessage.bytes(12, 13, "restored"))
         right.wait_for(lambda m: right.of_type(ClientChatMessage), "the chat, delivered by the restored handler")
         assert [chat.content for chat in right.of_type(ClientChatMessage)] == ["restored"]
     finally:
         server.stop()
+
+
+def test_init_sets_the_templates_attributes_and_at_most_twelve_of_ours(unstarted: CRCServer) -> None:
+    ours = sorted(set(vars(unstarted)) - set(TEMPLATE_ATTRIBUTES))
+    assert len(ours) <= 12, f"expected at most 12 attributes beyond the template's 16, found {len(ours)}: {ours}"
+
+
+def test_every_method_of_ours_is_called_by_the_server_itself() -> None:
+    # A method that only the test manager, the benchmarks or the tests call belongs with them, not here.
+    source = (ROOT / "ChatServer.py").read_text(encoding="utf-8")
+    template_names = {name for name, _ in TEMPLATE_METHODS}
+    ours = [name for name, member in vars(CRCServer).items()
+            if callable(member) and not name.startswith("__") and name not in template_names]
+    unused = [name for name in ours if source.count(f".{name}") == 0]
+    assert ours and not unused, f"expected every method of ours to be used in ChatServer.py; not used: {unused}"

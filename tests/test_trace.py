@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 import pytest
-from netkit import RawPeer, RunningServer, wait_for
+from netkit import ROOT, RawPeer, RunningServer, wait_for
 
 import ChatTestManager as manager
 from ChatMessageParser import (
@@ -27,7 +27,6 @@ from ChatServer import CRCServer
 from Testers.trace import TraceCapture, capture_stdout
 
 CONTRACT_PARSER = Path(__file__).resolve().parent / "contract_parser" / "ChatMessageParser.py"
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def alone_in_the_courses_kit(folder: Path) -> type:

@@ -1,6 +1,7 @@
-"""A network that heals (issue 11): a lost uplink comes back by itself, two networks merge when a link
-comes up between them, a shared id costs only that host, and the limits hold (the largest registration,
-a process out of file descriptors).
+"""Departures and healing: a host that vanishes is held for the hold-down and then departs (a client's
+quit, a netsplit in words that name both servers, a goodbye on a signal); a lost uplink comes back by
+itself, two networks merge when a link comes up between them, a shared id costs only that host, and the
+limits hold (the largest registration, a process out of file descriptors).
 
 Servers whose crash is the point run as processes of their own, on fixed ports so that a restart with
 the same command listens where its neighbours look for it.
@@ -16,7 +17,7 @@ import signal
 import socket
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Dict, List
 
 import pytest
 from netkit import RawPeer, RunningServer, ServerProcess, wait_for
@@ -26,13 +27,13 @@ from ChatMessageParser import (
     ClientChatMessage,
     ClientQuitMessage,
     ClientRegistrationMessage,
+    ServerQuitMessage,
     ServerRegistrationMessage,
     StatusUpdateMessage,
 )
 from Testers.ports import block as port_block
 
 pytestmark = pytest.mark.timeout(180)
-ROOT = Path(__file__).resolve().parent.parent
 QUICK = ["--reconnect-first", "0.2", "--reconnect-max", "0.5"]  # tries again within 0.2 s, then every 0.5 s
 
 
@@ -44,27 +45,6 @@ def free_port() -> int:
 
 def registered(peer: RawPeer) -> List[int]:
     return [message.source_id for message in peer.of_type(ClientRegistrationMessage)]
-
-
-@pytest.fixture
-def started():
-    """Start things with started(thing); each is stopped at the end."""
-    things: List[Any] = []
-
-    def start(thing: Any) -> Any:
-        things.append(thing)
-        return thing
-
-    yield start
-    for thing in things:
-        if isinstance(thing, ServerProcess):
-            thing.kill()
-        elif isinstance(thing, CRCClient):
-            thing.stop()
-        elif isinstance(thing, RawPeer):
-            thing.close()
-        else:
-            thing.stop()
 
 
 @pytest.mark.parametrize("away", ["within the hold-down", "longer than the hold-down"])
@@ -259,10 +239,10 @@ def test_a_reconnect_that_is_refused_is_tried_again_and_the_server_runs_on(start
     try:
         third, _ = uplink.accept()  # tried again, after the backoff
     except TimeoutError:
-        pytest.fail(f"B never tried again after the refusal; it stopped: {b.join_failure}")
+        pytest.fail(f"B never tried again after the refusal; it stopped: {b.uplink.failure}")
     third.sendall(ServerRegistrationMessage.bytes(1, 1, "A", ""))
     wait_for(lambda: b.adjacent_server_ids == [1], "B to join A once more")
-    assert b.thread.is_alive() and b.join_failure is None, f"B must run on; it stopped: {b.join_failure}"
+    assert b.thread.is_alive() and b.uplink.failure is None, f"B must run on; it stopped: {b.uplink.failure}"
     for sock in (first, second, third, uplink):
         sock.close()
 
@@ -314,7 +294,7 @@ def test_failed_reconnects_are_logged_at_debug_level_only(started, tmp_path: Pat
                                    log_file=str(log)))
     wait_for(lambda: 1 in second.hosts_db, "b to join a")
     first.stop()
-    wait_for(lambda: second.reconnect_tries >= 4, "b to try a again four times")
+    wait_for(lambda: second.uplink.tries >= 4, "b to try a again four times")
     text = log.read_text()
     assert "server a (1)" in text and "could not reach" not in text and "unregistered peer" not in text, \
         f"expected the lost link logged and no line per failed try; the log says:\n{text}"
@@ -351,3 +331,149 @@ def test_out_of_file_descriptors_the_server_neither_spins_nor_stops_serving() ->
         for sock in flood:
             sock.close()
         server.kill()
+
+
+# --------------------------------------------- departures: crashes, hold-downs, goodbyes, netsplits
+
+def test_a_client_that_vanishes_is_announced_as_quit(network):
+    a = network.server(id=1, servername="A")
+    b = network.server(id=2, servername="B", parent=a)
+    watcher = network.client(a, 10, "watcher")
+    vanisher = RawPeer.client(b.port, 20, "vanisher")
+    wait_for(lambda: 20 in watcher.connected_user_ids, "the watcher to see the vanisher")
+    vanisher.close()
+    wait_for(lambda: 20 not in watcher.connected_user_ids, "the watcher to hear that the vanisher left")
+    wait_for(lambda: 20 not in a.hosts_db and 20 not in b.hosts_db, "both servers to forget the vanisher")
+    assert b.adjacent_user_ids == []
+
+
+def test_state_holds_during_the_hold_down_and_changes_after_it(network):
+    a = network.server(id=1, servername="A", split_hold=3)
+    b_process = network.process("--id", "2", "--servername", "B", "--connect_to_port", str(a.port))
+    watcher = network.client(a, 10, "watcher")
+    behind_b = RawPeer.client(b_process.port, 20, "behind-b")
+    behind_b.wait_for(lambda m: m, "welcome")
+    wait_for(lambda: set(a.hosts_db) == {2, 10, 20}, "A to know B and its client")
+    b_process.stop(signal.SIGKILL)
+    wait_for(lambda: a.held_links(), "A to notice the lost link")
+    noticed = time.monotonic()
+    time.sleep(1.0)  # well within the 3 s hold-down, with room for a busy machine
+    held = (set(a.hosts_db), a.adjacent_server_ids[:], 20 in watcher.connected_user_ids)
+    assert time.monotonic() - noticed < 3, "the test itself ran late; it cannot judge the hold-down"
+    assert held == ({2, 10, 20}, [2], True), f"nothing may change within the hold-down (it lasted less than 1 s): {held}"
+    wait_for(lambda: set(a.hosts_db) == {10}, "A to drop B and its client after the hold-down")
+    wait_for(lambda: 20 not in watcher.connected_user_ids, "the watcher to hear of the netsplit")
+    assert a.adjacent_server_ids == []
+
+
+def test_killing_a_middle_server_of_eleven_leaves_every_survivor_right(network):
+    # 1 ── 2 ── 4 ── 8, 9        killing 2 splits the tree into {1, 3, 6, 7}, {4, 8, 9} and {5, 10, 11}
+    # │    └── 5 ── 10, 11
+    # └─ 3 ── 6, 7
+    servers = {1: network.server(id=1, servername="s1")}
+    middle = network.process("--id", "2", "--servername", "s2", "--connect_to_port", str(servers[1].port))
+    parents = {3: 1, 4: 2, 5: 2, 6: 3, 7: 3, 8: 4, 9: 4, 10: 5, 11: 5}
+    for server_id, parent_id in parents.items():
+        parent = middle if parent_id == 2 else servers[parent_id]
+        servers[server_id] = network.server(id=server_id, servername=f"s{server_id}", parent=parent)
+    client_homes = {101: 1, 106: 6, 107: 7, 102: 2, 104: 4, 108: 8, 110: 10, 111: 11}
+    clients = {}
+    for client_id, home in client_homes.items():
+        clients[client_id] = network.client(middle if home == 2 else servers[home], client_id, f"c{client_id}")
+    everyone = set(range(1, 12)) | set(client_homes)
+    for server_id, server in servers.items():
+        wait_for(lambda: set(server.hosts_db) == everyone - {server_id}, f"s{server_id} to know the whole network")
+    for client_id, client in clients.items():
+        wait_for(lambda: set(client.connected_user_ids) == set(client_homes) - {client_id},
+                 f"c{client_id} to know every client")
+
+    middle.stop(signal.SIGKILL)
+
+    pieces = [{1, 3, 6, 7, 101, 106, 107}, {4, 8, 9, 104, 108}, {5, 10, 11, 110, 111}]
+    for piece in pieces:
+        for member in piece:
+            if member in servers:
+                wait_for(lambda: set(servers[member].hosts_db) == piece - {member},
+                         f"s{member} to know exactly {sorted(piece - {member})}")
+            else:
+                expected = {host for host in piece if host in client_homes} - {member}
+                wait_for(lambda: set(clients[member].connected_user_ids) == expected,
+                         f"c{member} to know exactly {sorted(expected)}")
+    assert servers[1].adjacent_server_ids == [3] and servers[4].adjacent_server_ids == [8, 9]
+    assert servers[5].adjacent_server_ids == [10, 11]
+    clients[101].message_other_client(106, "still connected")
+    wait_for(lambda: clients[106].chat_messages_log == ["still connected"], "chat within a surviving piece")
+
+
+def test_a_server_back_within_the_hold_down_takes_its_place_and_only_what_stays_away_departs(network):
+    a = network.server(id=1, servername="A", split_hold=5)  # room for a new process to start on a busy machine
+    watcher = RawPeer.client(a.port, 10, "watcher")
+    first = network.process("--id", "2", "--servername", "B", "--connect_to_port", str(a.port))
+    old_client = RawPeer.client(first.port, 20, "old-client")
+    old_client.wait_for(lambda m: m, "welcome")
+    watcher.wait_for(lambda m: 20 in {x.source_id for x in watcher.of_type(ClientRegistrationMessage)}, "old-client")
+    first.stop(signal.SIGKILL)
+    wait_for(lambda: a.held_links() == [2], "A to notice the lost link")
+    network.process("--id", "2", "--servername", "B-again", "--connect_to_port", str(a.port))
+    wait_for(lambda: getattr(a.hosts_db.get(2), "server_name", None) == "B-again",
+             "A to take the new B in the old one's place")
+    assert a.adjacent_server_ids == [2] and 20 in a.hosts_db, "no departure within the hold-down"
+    watcher.pump(0.2)
+    assert not watcher.of_type(ClientQuitMessage), "coming back within the hold-down announces no departure"
+    wait_for(lambda: 20 not in a.hosts_db, "the client that did not come back to depart after the hold-down")
+    (gone,) = watcher.wait_for(lambda m: watcher.of_type(ClientQuitMessage), "its departure announced")
+    assert gone.source_id == 20 and set(a.hosts_db) == {2, 10}
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGINT])
+def test_a_server_stopped_by_a_signal_announces_its_departure(network, how):
+    a = network.server(id=1, servername="A", split_hold=60)  # only an announcement can explain a quick change
+    b = network.process("--id", "2", "--servername", "B", "--connect_to_port", str(a.port))
+    c = network.server(id=3, servername="C", parent=b, split_hold=60)
+    watcher = network.client(a, 10, "watcher")
+    behind = RawPeer.client(c.port, 30, "behind")
+    behind.wait_for(lambda m: m, "welcome")
+    wait_for(lambda: set(a.hosts_db) == {2, 3, 10, 30}, "A to know the whole network")
+    b.stop(how)
+    assert b.process.returncode == 0
+    wait_for(lambda: set(a.hosts_db) == {10}, "A to drop B and all behind it at once")
+    wait_for(lambda: set(c.hosts_db) == {30}, "C to drop B and all behind it at once")
+    wait_for(lambda: watcher.connected_user_ids == {}, "the watcher to hear of the departure")
+
+
+def test_a_server_quit_from_afar_is_passed_on(network):
+    a = network.server(id=1, servername="A")
+    b = network.server(id=2, servername="B", parent=a)
+    fake = RawPeer.server(b.port, 9, "fake")
+    fake.send(ServerRegistrationMessage.bytes(90, 9, "behind-fake", ""))
+    wait_for(lambda: {9, 90} <= set(a.hosts_db), "A to learn of the fake server and the one behind it")
+    fake.send(ServerQuitMessage.bytes(90, 0, "gone"))
+    wait_for(lambda: 90 not in a.hosts_db and 90 not in b.hosts_db, "the quit to reach A")
+    assert 9 in a.hosts_db and 9 in b.hosts_db
+
+
+def test_a_chat_into_the_hold_down_gets_its_sender_unknown_id_at_once(network):
+    a = network.server(id=1, servername="A", split_hold=60)
+    b = network.process("--id", "2", "--servername", "B", "--connect_to_port", str(a.port))
+    sender = network.client(a, 10, "sender")
+    behind_b = RawPeer.client(b.port, 20, "behind-b")
+    behind_b.wait_for(lambda m: m, "welcome")
+    wait_for(lambda: 20 in sender.connected_user_ids, "the sender to know the client behind B")
+    b.stop(signal.SIGKILL)
+    wait_for(lambda: a.held_links() == [2], "A to notice the lost link and hold its hosts")
+    sender.message_other_client(20, "are you there?")
+    # Long before the 60 s hold-down ends: the sender is told at once, not when the departure comes.
+    wait_for(lambda: "Unknown ID 20" in sender.status_updates_log, "the sender to hear that 20 is out of reach")
+    assert 20 in a.hosts_db, "still within the hold-down: the state itself must not change yet"
+
+
+def test_a_netsplit_is_announced_in_words_that_name_both_servers(network):
+    a = network.server(id=1, servername="alpha", split_hold=0.2)
+    b = network.process("--id", "2", "--servername", "beta", "--connect_to_port", str(a.port))
+    watcher = RawPeer.client(a.port, 10, "watcher")
+    behind_beta = RawPeer.client(b.port, 20, "behind-beta")
+    behind_beta.wait_for(lambda m: m, "welcome")
+    watcher.wait_for(lambda m: any(getattr(x, "source_id", 0) == 20 for x in m), "the client behind beta")
+    b.stop(signal.SIGKILL)
+    (gone,) = watcher.wait_for(lambda m: watcher.of_type(ClientQuitMessage), "the netsplit to be announced")
+    assert gone.content == "the connection between servers alpha and beta was lost (netsplit)"

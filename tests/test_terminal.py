@@ -3,26 +3,22 @@ through plain pipes, against our ChatServer running in a thread of the test proc
 
 from __future__ import annotations
 
-import argparse
 import re
 import signal
 import socket
 import subprocess
 import sys
 import threading
-from pathlib import Path
-from typing import Callable, Iterator, List, Sequence
+from typing import Any, Callable, Iterator, List, Sequence
 
 import pexpect
 import pexpect.popen_spawn
 import pytest
-from netkit import RawPeer, wait_until
+from netkit import ROOT, RawPeer, wait_until
 
 from ChatClient import MAX_CHAT_CONTENT
 from ChatMessageParser import ClientChatMessage, ClientQuitMessage, ClientRegistrationMessage, StatusUpdateMessage
 from ChatServer import CRCServer
-
-ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = [
     pytest.mark.timeout(30),
@@ -190,16 +186,8 @@ class Terminal:
 
 
 @pytest.fixture
-def server() -> Iterator[CRCServer]:
-    options = argparse.Namespace(id=1, servername="hub", info="", port=0, connect_to_host=None,
-                                 connect_to_port=None, log_file=None)
-    hub = CRCServer(options, run_on_localhost=True)
-    thread = threading.Thread(target=hub.run, daemon=True)
-    thread.start()
-    wait_until(lambda: hub.listening, lambda: "expected the server to listen; it does not")
-    yield hub
-    hub.request_terminate = True
-    thread.join(DEADLINE_SECONDS)
+def server(servers: Any) -> CRCServer:
+    return servers(id=1, servername="hub", trace=None).server  # the trace as in a test harness
 
 
 @pytest.fixture(params=["pty", "pipe"])

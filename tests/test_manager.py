@@ -1,6 +1,6 @@
 """The test manager's own features: quiet waits (and when a WAIT must take its full time), parallel
 workers with their own ports, the drawing of a failed network, the Gradescope and JUnit results files,
-lenient top-level keys, and the demo."""
+lenient top-level keys, the demo, and an error in any thread of a case failing it."""
 
 from __future__ import annotations
 
@@ -11,18 +11,18 @@ import subprocess
 import sys
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
-from typing import Dict, List
+from typing import Any, Dict, List
 
 import pytest
-from netkit import submission, write_case
+from netkit import ROOT, submission, write_case
 
+import ChatClient
 import ChatTestManager as manager
+from ChatMessageParser import ClientChatMessage
 from Testers import ports as port_tools
 from Testers.drawing import MachineView, draw_network
 from Testers.ports import PortBlock, port_block
 from Testers.reports import gradescope_results, junit_xml
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def chat_case(wait: float) -> List[str]:
@@ -101,8 +101,13 @@ BUSY_SERVER = """
 from ChatServerBase import CRCServer as Ours
 
 class CRCServer(Ours):
-    def is_quiet(self):
-        return False  # always something to do, as far as it says
+    @property
+    def serving(self):
+        return False  # never seen serving, so never quiet
+
+    @serving.setter
+    def serving(self, value):
+        pass
 """
 
 
@@ -141,16 +146,17 @@ def test_a_wait_lasts_through_a_hold_down_that_ends_within_it(tmp_path: Path) ->
     assert 3 < result.waits[3].took < 6, f"the WAIT past the hold-down should last until it ends: {result.waits[3]}"
 
 
-MUTE_SERVER_NOTE = "cannot say whether it is quiet"
+MUTE_SERVER_NOTE = "is not built as ours, and cannot be seen to be quiet"
 
 
 def mute_server(folder: Path) -> Path:
-    """Our server without is_quiet(), as a submission written for the course's kit would be."""
+    """Our server with nothing our quiet waits read under the names they read, as a submission written
+    for the course's kit would be."""
     source = (ROOT / "ChatServer.py").read_text(encoding="utf-8")
-    assert "def is_quiet(" in source
+    assert "self.serving = " in source
     path = folder / "mute" / "ChatServer.py"
     path.parent.mkdir()
-    path.write_text(source.replace("def is_quiet(", "def _not_offered("), encoding="utf-8")
+    path.write_text(source.replace(".serving", ".in_the_loop"), encoding="utf-8")
     return path
 
 
@@ -547,3 +553,53 @@ def test_a_key_that_cannot_be_read_fails_the_case_and_is_marked_in_the_drawing(t
     assert not result.passed and "oak.adjacent_user_ids: expected [11], but it could not be read" in result.explanation, \
         result.explanation
     assert "oak (1)   <-- not as expected" in result.drawing, result.drawing
+
+
+# ------------------------------------------------------------------- errors in any thread of a case
+
+CHAT = [
+    "LAUNCHSERVER --id 1 --servername oak --port 4100",
+    "WAIT 0.2",
+    "LAUNCHCLIENT --id 11 --serverhost localhost --serverport 4100 --username ada",
+    "LAUNCHCLIENT --id 12 --serverhost localhost --serverport 4100 --username bob",
+    "WAIT 0.2",
+    'CLIENTCOMMAND --username ada --command MESSAGE 12 "hi"',
+    "WAIT 0.2",
+    "KILL ALL",
+]
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the exception is the point
+def test_a_client_listeners_exception_fails_the_case_with_its_traceback(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    handle = ChatClient.CRCClient._handle
+
+    def breaks_on_chats(client: Any, message: Any) -> None:
+        if isinstance(message, ClientChatMessage):
+            raise RuntimeError("the listener broke on a chat")
+        handle(client, message)
+
+    monkeypatch.setattr(ChatClient.CRCClient, "_handle", breaks_on_chats)
+    result = manager.run_case(write_case(tmp_path, "case", CHAT, {"oak": {"hosts_db": [11, 12]}}),
+                              manager.Settings(logs_dir=tmp_path / "Logs"))
+    assert not result.passed, "a listener that died must fail the case, though the state checked is right"
+    assert "RuntimeError: the listener broke on a chat" in result.explanation, result.explanation
+    assert "Traceback" in result.explanation
+
+
+CRASHING_SERVER = '''
+from ChatServerBase import CRCServer as Ours
+
+class CRCServer(Ours):
+    def check_IO_devices_for_messages(self):
+        raise RuntimeError("the server's loop broke")
+'''
+
+
+def test_a_server_threads_crash_fails_the_case_naming_the_server(tmp_path: Path) -> None:
+    server = submission(tmp_path, "crashing", CRASHING_SERVER)
+    case = write_case(tmp_path, "case", ["LAUNCHSERVER --id 1 --servername oak --port 4100", "WAIT 0.2", "KILL ALL"],
+                      {"oak": {"hosts_db": []}})
+    result = manager.run_case(case, manager.Settings(server_path=server, logs_dir=tmp_path / "Logs"))
+    assert not result.passed and "server oak crashed:" in result.explanation, result.explanation
+    assert "RuntimeError: the server's loop broke" in result.explanation

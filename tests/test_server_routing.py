@@ -1,4 +1,6 @@
-"""The reference server over real loopback sockets: real servers in threads, peers speaking raw frames."""
+"""The reference server's routing over real loopback sockets: real servers in threads, peers speaking raw
+frames; joins, floods, chats hop by hop, refusals (a duplicate id two hops away too), and a chat between
+two clients of one server that never leaves it."""
 
 from __future__ import annotations
 
@@ -7,10 +9,9 @@ import signal
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
-from netkit import DEADLINE, RawPeer, RunningServer, server_options, wait_for
+from netkit import DEADLINE, ROOT, RawPeer, RunningServer, server_options, wait_for
 
 from ChatMessageParser import (
     ClientChatMessage,
@@ -22,22 +23,6 @@ from ChatMessageParser import (
 from ChatServer import OPEN, PAUSED, CRCServer, Link, ServerConnectionData
 
 pytestmark = pytest.mark.timeout(60)
-ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture
-def servers():
-    """Start servers with start(**options); every one is stopped at the end of the test."""
-    started: list[RunningServer] = []
-
-    def start(**options) -> RunningServer:
-        server = RunningServer(**options)
-        started.append(server)
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
 
 
 def welcome(name: str) -> str:
@@ -365,7 +350,7 @@ def test_a_server_that_cannot_listen_frees_what_it_opened_before_it_raises() -> 
         with pytest.raises(OSError, match="cannot listen on 127.0.0.1"):
             server.run()
     assert server.sel.get_map() is None, "the selector must be closed"
-    assert server.waker.fileno() == -1 and server.wake_reader.fileno() == -1, "the waking pair must be closed"
+    assert server.waker.writer.fileno() == -1 and server.waker.reader.fileno() == -1, "the waking pair must be closed"
 
 
 def test_a_link_that_fed_several_slow_servers_is_read_again_only_once_all_have_caught_up():
@@ -376,18 +361,57 @@ def test_a_link_that_fed_several_slow_servers_is_read_again_only_once_all_have_c
             theirs = socket.create_connection(listener.getsockname())
             pairs.append((listener.accept()[0], theirs))
     try:
-        reader, slow, slower = links = [Link(ours, server.sel, ServerConnectionData(n, f"s{n}", ""), False, 1 << 16)
-                                        for n, (ours, _) in enumerate(pairs, 2)]
+        reader, slow, slower = links = [Link(server, ours, False) for ours, _ in pairs]
+        for number, link in enumerate(links, 2):
+            link.attach(ServerConnectionData(number, f"s{number}", ""))
         server.links.update(links)
-        server.overfed.update({slow, slower})  # one chunk from the reader took both past their high-water mark
-        server.hold_back(reader)
+        server.reading = reader  # one chunk from the reader takes both past their high-water mark
+        server.congested(slow)
+        server.congested(slower)
         assert reader.state == PAUSED
-        server.release_held_back(slow)
+        server.drained(slow)
         assert reader.state == PAUSED, "the slower server has not caught up yet"
-        server.release_held_back(slower)
+        server.drained(slower)
         assert reader.state == OPEN
     finally:
         for ours, theirs in pairs:
             ours.close()
             theirs.close()
         server.sel.close()
+
+
+# ----------------------------------------------- a duplicate id far away, a chat that stays at home
+
+def test_a_server_whose_id_is_taken_two_hops_away_is_refused() -> None:
+    a = RunningServer(id=1, servername="A")
+    b = RunningServer(id=2, servername="B", parent=a)
+    c = RunningServer(id=3, servername="C", parent=b)
+    twin = None
+    try:
+        wait_for(lambda: 1 in c.hosts_db, "C to know A, two hops away")
+        twin = RunningServer(id=1, servername="twin", parent=c)
+        wait_for(lambda: twin.status_updates_log, "the twin to hear why it was refused")
+        assert twin.status_updates_log == ["A machine has already registered with ID 1"]
+        assert c.adjacent_server_ids == [2] and c.hosts_db[1].server_name == "A"
+    finally:
+        for server in (twin, c, b, a):
+            if server is not None:
+                server.stop()
+
+
+def test_a_chat_between_two_clients_of_one_server_never_leaves_it() -> None:
+    hub = RunningServer(id=1, servername="hub")
+    try:
+        upstream = RawPeer.server(hub.port, 9, "upstream")  # a neighbour that sees everything sent its way
+        upstream.wait_for(lambda m: m, "the hub's registration")
+        left, right = RawPeer.client(hub.port, 10, "left"), RawPeer.client(hub.port, 11, "right")
+        right.wait_for(lambda m: m, "right's welcome")
+        left.wait_for(lambda m: len(m) >= 2, "right to be announced")
+        left.send(ClientChatMessage.bytes(10, 11, "next door"))
+        right.wait_for(lambda m: right.of_type(ClientChatMessage), "the chat")
+        wait_for(hub.is_quiet, "the hub to have sent everything")
+        upstream.pump(0.2)
+        assert upstream.of_type(ClientChatMessage) == [], "a chat for a client of the same server went upstream"
+        assert upstream.of_type(ClientRegistrationMessage), "the neighbour did hear of the clients"
+    finally:
+        hub.stop()
