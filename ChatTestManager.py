@@ -101,7 +101,7 @@ from Testers.run import (  # noqa: E402,F401  (also the names the course's scrip
     server_class_for,
     server_parser,
 )
-from Testers.transcript import Transcript, record_transcript, reference_for  # noqa: E402
+from Testers.transcript import Transcript, record_transcript, reference_for, transcript_path  # noqa: E402
 
 DEFAULT_CASES_DIR = KIT_DIR / "TestCases"
 DRAWING_WIDTH = 94  # a 100-column terminal, less the indent of a failure's lines
@@ -236,8 +236,8 @@ def judge(case: Case, findings: List[Finding], settings: Settings, record: RunRe
     result.transcript = record.transcript
     try:
         _explain_on_the_wire(result, case, settings)
-    except Exception:  # an explanation that fails must not cost the case its result
-        result.wire = [f"on the wire: no explanation, the comparison failed:\n{traceback.format_exc().rstrip()}"]
+    except Exception as error:  # an explanation that fails must not cost the case its result
+        result.wire = [f"on the wire: no explanation, the comparison failed: {type(error).__name__}: {error}"]
     _write_log(log_file, case, settings, record, result, state)
     return result
 
@@ -670,6 +670,7 @@ def output_paths_problem(args: argparse.Namespace, paths: List[Path]) -> Optiona
     files = [("--gradescope", args.gradescope), ("--junit", args.junit), ("--csv", args.csv),
              ("--autograder-zip", args.autograder_zip)]
     files += [("--record", path) for path in paths] if args.record else []
+    files += [("--record", transcript_path(path)) for path in paths] if args.record or args.record_transcripts else []
     problems = check_paths(files, [("--logs", args.logs)])
     return problems[0] if problems else None
 
@@ -696,10 +697,15 @@ def main(argv: Optional[List[str]] = None, prog: str = "ChatTestManager.py") -> 
         return 0
     if args.lint:
         return lint_cases(paths)
-    problem = output_paths_problem(args, paths)
-    if problem:
-        print(f"error: {problem}", file=sys.stderr)
+    if args.reference_logs is not None and not args.reference_logs.is_dir():
+        print(f"error: --reference-logs {args.reference_logs}: no such folder", file=sys.stderr)
         return 2
+    if args.grade_folder is not None and not args.grade_folder.is_dir():
+        print(f"error: --grade-folder {args.grade_folder}: no such folder", file=sys.stderr)
+        return 2
+    problem = output_paths_problem(args, paths)
+    if problem:  # an autograder still gets results, where it can
+        return refuse(paths, problem, None if problem.startswith("--gradescope ") else args.gradescope)
     if args.autograder_zip:
         from Testers.grading import write_autograder_zip  # only this needs it
         return write_autograder_zip(args.autograder_zip, args.cases)
@@ -710,15 +716,9 @@ def main(argv: Optional[List[str]] = None, prog: str = "ChatTestManager.py") -> 
         ports.block = port_block(0, 1, args.ports)
         return record_cases(paths, Settings(logs_dir=args.logs, slow=args.slow, timeout=args.timeout, recording=True),
                             args.record_keys_only, states=args.record)
-    if args.reference_logs is not None and not args.reference_logs.is_dir():
-        print(f"error: --reference-logs {args.reference_logs}: no such folder", file=sys.stderr)
-        return 2
     # The course's kit keeps its reference logs in 'Correct Logs' beside its TestCases folder.
     beside = args.cases.resolve().parent / "Correct Logs"
     reference_logs = args.reference_logs or (beside if beside.is_dir() else None)
-    if args.grade_folder is not None and not args.grade_folder.is_dir():
-        print(f"error: --grade-folder {args.grade_folder}: no such folder", file=sys.stderr)
-        return 2
     grading = any(given is not None for given in (args.server, args.gradescope, args.junit, args.grade_folder))
     server = args.server or DEFAULT_SERVER
     limits = Limits(args.limit_memory, args.limit_processes, args.limit_open_files, args.limit_file_size,

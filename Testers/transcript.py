@@ -232,16 +232,20 @@ def wire_transcript(tap: Wiretap, case: Case, ports: Dict[int, int]) -> Transcri
             continue
         streams.setdefault(key, []).append((number, after, data))
 
+    unique = {number for number in ids.values() if list(ids.values()).count(number) == 1}
+
     def connector(connection: Tuple[int, int], stream: List[Tuple[int, int, bytes]]) -> str:
         after, thread = first.get(connection, (-1, ""))
         name = thread[len("server "):] if thread.startswith("server ") else ""
         if name in ids:
             return name
+        decoded, _ = cut_messages(b"".join(data for _, _, data in stream))
+        source = decoded[0][1]["fields"].get("source_id") if decoded else None
+        if decoded and decoded[0][1]["type"].endswith("registration") and source in unique:
+            return by_id[source]  # a machine introduces itself first (a relay may pass that on late, under chaos)
         command = case.commands[after] if 0 <= after < len(case.commands) else None
         if isinstance(command, Launch):
             return command.name  # a client registers while its LAUNCHCLIENT is carried out
-        decoded, _ = cut_messages(b"".join(data for _, _, data in stream))
-        source = decoded[0][1]["fields"].get("source_id") if decoded else None
         return by_id.get(source, f"a machine on port {connection[1]}")
 
     connectors = {(port, other): connector((port, other), stream)
@@ -300,10 +304,24 @@ def transcript_text(transcript: Transcript) -> str:
     return "\n".join(lines + ["}"]) + "\n"
 
 
+MESSAGE_FIELDS = {"from": str, "to": str, "after": int, "type": str, "hex": str, "fields": dict}
+
+
 def read_transcript(path: Path) -> Transcript:
+    """A transcript file, every message of it (and of its alternatives) checked for its fields' types; a
+    ValueError that says what is wrong otherwise."""
     data: Transcript = json.loads(Path(path).read_text(encoding="utf-8"))
     if not isinstance(data, dict) or not isinstance(data.get("messages"), list):
         raise ValueError(f"{path} is not a transcript: it has no list of messages")
+    outcomes = [data["messages"], *data.get("alternatives", [])]
+    for outcome in outcomes:
+        if not isinstance(outcome, list):
+            raise ValueError(f"{path}: an outcome is not a list of messages")
+        for message in outcome:
+            wrong = [name for name, kind in MESSAGE_FIELDS.items()
+                     if not isinstance(message, dict) or not isinstance(message.get(name), kind)]
+            if wrong:
+                raise ValueError(f"{path}: a message without a right {wrong[0]!r}: {str(message)[:80]}")
     return data
 
 
@@ -375,7 +393,7 @@ def log_transcript(path: Path, case: Case) -> Transcript:
             continue
         try:
             frame = ast.literal_eval(data)
-        except (ValueError, SyntaxError):
+        except Exception:  # a line of a log that is no bytes literal (nor one cheap to read): not a message
             continue
         if not isinstance(frame, bytes):
             continue
@@ -436,5 +454,8 @@ def record_transcript(case_path: Path, runs: List[Transcript]) -> Tuple[bool, st
               f" {', '.join(link_disagreements(outcomes[0], outcomes[1]))}" if len(outcomes) > 1 else "")
     if path.is_file() and path.read_text(encoding="utf-8") == text:
         return True, f"transcript unchanged ({path.name}{differ})"
-    path.write_text(text, encoding="utf-8")
+    try:
+        path.write_text(text, encoding="utf-8")
+    except OSError as error:
+        return False, f"transcript not recorded: cannot write {path}: {error.strerror or error}"
     return True, f"transcript recorded ({path.name}, {len(transcript['messages'])} messages{differ})"

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
@@ -320,3 +322,40 @@ def test_the_reference_echoing_a_quit_and_independent_orders_are_no_divergence()
     # But a quit that never went on is one.
     (missing,) = compare(transcript(("ada", "oak", quit), ("oak", "elm", quit)), transcript(("ada", "oak", quit)))
     assert (missing.kind, missing.reference and missing.reference["to"]) == ("missing", "elm")
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_under_chaos_a_clients_link_is_named_by_who_registered_on_it(seed: int, tmp_path: Path) -> None:
+    # A relay passes a client's registration on after a delay, when the next LAUNCHCLIENT may be under way.
+    path = CASES / "7_4_clients_hear_nothing_meant_for_servers.cfg"
+    result = manager.run_case(path, manager.Settings(logs_dir=tmp_path / "Logs", chaos=seed))
+    assert result.passed and result.transcript is not None, result.explanation
+    outcomes = read_transcript(transcript_path(path))
+    best = min((compare(dict(outcomes, messages=messages), result.transcript)
+                for messages in [outcomes["messages"], *outcomes.get("alternatives", [])]), key=len)
+    assert best == [], f"seed {seed}: a run that passed diverges: {[str(item)[:200] for item in best[:3]]}"
+
+
+def test_a_broken_reference_is_said_in_one_line_and_the_case_keeps_its_verdict(cases: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "cases"
+    folder.mkdir()
+    shutil.copy(cases / "4_2_chat_1_hop.cfg", folder)
+    transcript_path(folder / "4_2_chat_1_hop.cfg").write_text('{"messages": [{"from": "w"}]}')
+    mutant = next(broken.mutant for broken in BROKEN if broken.case == "4_2_chat_1_hop")
+    settings = manager.Settings(server_path=broken_server(tmp_path, mutant), logs_dir=tmp_path / "Logs")
+    result = manager.run_case(folder / "4_2_chat_1_hop.cfg", settings)
+    assert result.status == manager.FAILED and "Traceback" not in result.explanation, result.explanation
+    said = [line for line in result.explanation.splitlines() if line.startswith("on the wire")]
+    assert len(said) == 1 and "a message without a right 'to'" in said[0], result.explanation
+
+
+def test_a_transcript_that_cannot_be_written_stops_recording_before_any_run(tmp_path: Path) -> None:
+    shutil.copy(CASES / "4_1_chat_0_hops.cfg", tmp_path)
+    blocked = transcript_path(tmp_path / "4_1_chat_0_hops.cfg")
+    blocked.mkdir()  # a folder where the transcript goes
+    run = subprocess.run([sys.executable, str(ROOT / "ChatTestManager.py"), "--cases", str(tmp_path), "--logs",
+                          str(tmp_path / "Logs"), "--record-transcripts", "4_1"], capture_output=True, text=True,
+                         timeout=60)
+    assert run.returncode == 2 and run.stderr.strip() == f"error: --record {blocked}: it is a folder; give a file name", \
+        run.stdout + run.stderr
+    assert not (tmp_path / "Logs" / "4_1_chat_0_hops.log").exists(), "a case ran before the paths were checked"
