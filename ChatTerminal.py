@@ -148,7 +148,8 @@ class Screen:
             if not typing:
                 self.waiting.append(text)
                 self.print_waiting()
-            elif self.gnu is not None:  # the listener's line, while the main thread waits in input()
+            elif self.gnu is not None and threading.current_thread() is not threading.main_thread():
+                # the listener's line, while the main thread waits in input()
                 self.waiting.append(text)
                 wake_main_thread = True
             else:
@@ -221,10 +222,10 @@ class Screen:
 
     def read_line(self) -> str:
         """The user's next line; EOFError at the end of input."""
-        with self.lock:
-            self.state = READING
         ended_mid_line = False
-        try:
+        try:  # from the moment the state says READING: a wake-up may raise ServerGone at once
+            with self.lock:
+                self.state = READING
             return input(self.prompt)
         except BaseException:  # ServerGone, Ctrl-C or Ctrl-D: what follows goes under the prompt's row
             ended_mid_line = self.interactive
